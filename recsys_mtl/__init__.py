@@ -1,0 +1,1 @@
+"""recsys_mtl: multi-task recommender."""

@@ -1,0 +1,390 @@
+"""Pipeline configuration: typed, documented sections read from a TOML file.
+
+Every field carries its documentation in `field(metadata={"doc": ...})`; unknown
+keys are rejected with a suggestion, values are type-checked, and
+`--set section.key=value` overrides are applied before validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recsys_mtl.errors import RecsysError
+
+
+def _doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class PipelineSection:
+    name: str = _doc("Name of the pipeline; used for output folders and the MLflow run.", "pipeline")
+    output_dir: str = _doc(
+        "Where features, checkpoints and the model bundle go (relative to the TOML file's "
+        "project root, i.e. the current directory).",
+        "data/processed/pipeline",
+    )
+    seed: int = _doc("Seed for data generation, sampling, initialisation and shuffling.", 42)
+
+
+@dataclass
+class SyntheticSource:
+    n_users: int = _doc("Number of users.", 2000)
+    n_items: int = _doc("Number of items.", 500)
+    impressions_per_user: int = _doc("Mean impressions per user (Poisson).", 60)
+    latent_dim: int = _doc("Dimension of the planted user/item factors.", 8)
+    n_user_segments: int = _doc("Number of user segments (a side feature that shifts factors).", 6)
+    n_item_categories: int = _doc("Number of item categories (a side feature).", 10)
+    click_bias: float = _doc("Global click logit offset; lower means rarer clicks.", -1.0)
+    days: int = _doc("Span of the timestamps in days.", 60)
+
+
+@dataclass
+class MovieLensSource:
+    path: str = _doc("Directory with the GroupLens files (u.data... or ratings.dat...).", "data/raw/ml-100k")
+    variant: str = _doc("'100k' or '1m'; 'auto' detects it from the files present.", "auto")
+    purchase_threshold: float = _doc("A rating at or above this counts as a purchase.", 4.0)
+    download: bool = _doc(
+        "Download from GroupLens (checksum verified) when the directory is empty.", False
+    )
+    base_url: str = _doc(
+        "Where downloads come from.", "https://files.grouplens.org/datasets/movielens"
+    )
+
+
+@dataclass
+class ImpressionsSource:
+    path: str = _doc("Impressions file: Parquet (.parquet) or CSV (.csv).", "")
+    users_path: str = _doc("Optional user table (user_id plus features), Parquet or CSV.", "")
+    items_path: str = _doc("Optional item table (item_id plus features), Parquet or CSV.", "")
+    positive_only: bool = _doc(
+        "True when the file holds positives only (negatives are then sampled).", False
+    )
+
+
+@dataclass
+class SourceSection:
+    kind: str = _doc("Data source: 'synthetic', 'movielens' or 'impressions'.", "synthetic")
+    synthetic: SyntheticSource = _doc("Synthetic generator settings.", factory=SyntheticSource)
+    movielens: MovieLensSource = _doc("MovieLens reader settings.", factory=MovieLensSource)
+    impressions: ImpressionsSource = _doc("Your own impressions files.", factory=ImpressionsSource)
+
+
+@dataclass
+class FeaturesSection:
+    validation_fraction: float = _doc(
+        "Fraction of each user's most recent events (before test) held out for validation.", 0.1
+    )
+    test_fraction: float = _doc("Fraction of each user's most recent events held out for test.", 0.2)
+    negatives_per_positive: int = _doc(
+        "Sampled negatives per positive, for positive-only sources.", 4
+    )
+    min_count: int = _doc("Ids seen fewer times in training map to the unknown slot.", 1)
+    max_list_length: int = _doc("List features (e.g. genres) are truncated to this length.", 8)
+
+
+@dataclass
+class TaskConfig:
+    """A prediction task: data, not a code path (DESIGN.md, 'Tasks')."""
+
+    kind: str = _doc("'binary' or 'regression'.", "binary")
+    label: str = _doc("Label column in the impressions table.", "")
+    depends_on: str = _doc(
+        "A binary task whose probability multiplies this one's (entire-space funnel).", ""
+    )
+    head: str = _doc("'dot' (inner product, retrievable) or 'mlp'.", "mlp")
+    weight: float = _doc("Static loss weight.", 1.0)
+
+
+def _default_tasks() -> dict[str, TaskConfig]:
+    return {
+        "click": TaskConfig(kind="binary", label="click", head="dot", weight=1.0),
+        "purchase": TaskConfig(kind="binary", label="purchase", depends_on="click", weight=1.0),
+        "rating": TaskConfig(kind="regression", label="rating", weight=0.5),
+    }
+
+
+@dataclass
+class ModelSection:
+    sharing: str = _doc("Sharing architecture (registered name), e.g. 'hard'.", "hard")
+    embedding_dim: int = _doc("Dimension of every id and side-feature embedding.", 32)
+    hidden_dims: list[int] = _doc("Widths of the shared tower layers.", factory=lambda: [64])
+    output_dim: int = _doc("Dimension of the exported user/item vectors (before the bias).", 32)
+    head_hidden_dim: int = _doc("Width of the hidden layer of MLP heads.", 32)
+    dropout: float = _doc("Dropout in the shared towers.", 0.0)
+
+
+@dataclass
+class ObjectivesSection:
+    weighting: str = _doc("Loss weighting strategy (registered name), e.g. 'static'.", "static")
+
+
+@dataclass
+class TrainingSection:
+    epochs: int = _doc("Maximum number of epochs.", 20)
+    batch_size: int = _doc("Rows per batch.", 1024)
+    learning_rate: float = _doc("Adam learning rate.", 3e-3)
+    weight_decay: float = _doc("L2 penalty on embeddings and weights (Adam weight_decay).", 0.0)
+    patience: int = _doc("Stop after this many epochs without improvement on `monitor`.", 3)
+    monitor: str = _doc(
+        "Validation metric for early stopping and model selection, e.g. 'val/click_auc'.",
+        "val/click_auc",
+    )
+    progress: bool = _doc("Show a progress bar per epoch.", True)
+    threads: int = _doc("torch intra-op threads; 0 keeps torch's default.", 0)
+
+
+@dataclass
+class EvaluationSection:
+    k: list[int] = _doc("Cut-offs for the ranking metrics.", factory=lambda: [10, 20])
+
+
+@dataclass
+class RetrievalSection:
+    index: str = _doc("FAISS index factory string, e.g. 'Flat', 'HNSW32', 'IVF256,Flat'.", "Flat")
+    candidates: int = _doc("Candidates fetched from the index before re-ranking by all heads.", 100)
+    fusion: dict[str, float] = _doc(
+        "Exponents of the fused score p_click^a * p_purchase^b * (rating/5)^c.",
+        factory=lambda: {"click": 1.0, "purchase": 1.0, "rating": 0.0},
+    )
+    sample_users: int = _doc("How many sample retrieval queries the pipeline prints.", 3)
+
+
+@dataclass
+class TrackingSection:
+    experiment: str = _doc("MLflow experiment name.", "recsys-mtl")
+    uri: str = _doc(
+        "MLflow tracking URI; empty means $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db.",
+        "",
+    )
+    enabled: bool = _doc("Log to MLflow at all.", True)
+    log_model: bool = _doc("Log the recommender as an MLflow pyfunc model.", True)
+
+
+@dataclass
+class PipelineConfig:
+    pipeline: PipelineSection = _doc("Name, output folder, seed.", factory=PipelineSection)
+    source: SourceSection = _doc("Where the data comes from.", factory=SourceSection)
+    features: FeaturesSection = _doc("Feature pipeline.", factory=FeaturesSection)
+    tasks: dict[str, TaskConfig] = _doc("Tasks by name.", factory=_default_tasks)
+    model: ModelSection = _doc("Architecture.", factory=ModelSection)
+    objectives: ObjectivesSection = _doc("Loss weighting.", factory=ObjectivesSection)
+    training: TrainingSection = _doc("Trainer.", factory=TrainingSection)
+    evaluation: EvaluationSection = _doc("Offline evaluation.", factory=EvaluationSection)
+    retrieval: RetrievalSection = _doc("Index and re-ranking.", factory=RetrievalSection)
+    tracking: TrackingSection = _doc("MLflow.", factory=TrackingSection)
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.pipeline.output_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat_params(self) -> dict[str, str]:
+        """Dotted key -> value strings, for logging as MLflow params."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = str(value)
+
+        walk("", self.to_dict())
+        return out
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, building nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecsysError(
+                f"'{where}' must be a table of settings, got {value!r}",
+                fix=f"write it as a [{where}] section",
+            )
+        return _build(tp, value, where)
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise RecsysError(f"'{where}' must be a table, got {value!r}", fix="use {key = value}")
+        return {str(k): _convert(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise RecsysError(
+                f"'{where}' must be a list, got {value!r}", fix=f"write it as [{value!r}]"
+            )
+        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (types.UnionType, typing.Union):
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise RecsysError(f"'{where}' must be true or false, got {value!r}", fix="write true or false")
+    if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool) and tp is not bool):
+        raise RecsysError(
+            f"'{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}",
+            fix=f"give a {_type_name(tp)} value",
+        )
+    return value
+
+
+def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(names)}"
+            raise RecsysError(
+                f"unknown setting '{key}'",
+                where=f"[{where}]" if where else "the top level",
+                fix=hint,
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        sub = f"{where}.{f.name}" if where else f.name
+        if f.name == "tasks" and cls is PipelineConfig:
+            kwargs[f.name] = _build_tasks(data[f.name])
+        else:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], sub)
+    return cls(**kwargs)
+
+
+def _build_tasks(data: Any) -> dict[str, TaskConfig]:
+    """Tasks merge over the defaults: `[tasks.rating] weight = 1.0` keeps click and purchase."""
+    if not isinstance(data, dict):
+        raise RecsysError("'tasks' must be a table of tasks", fix="write [tasks.NAME] sections")
+    tasks = _default_tasks()
+    for name, spec in data.items():
+        if spec is False or spec == {"enabled": False}:
+            tasks.pop(name, None)
+            continue
+        base = dataclasses.asdict(tasks[name]) if name in tasks else {}
+        if not isinstance(spec, dict):
+            raise RecsysError(f"'tasks.{name}' must be a table", fix=f"write [tasks.{name}]")
+        base.update(spec)
+        base.setdefault("label", name)
+        tasks[name] = _build(TaskConfig, base, f"tasks.{name}")
+    return tasks
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecsysError(
+            f"--set '{text}' has no '='", fix="write --set section.key=value, e.g. training.epochs=5"
+        )
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string such as demo or Flat
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecsysError(f"--set '{text}': '{part}' is not a section", fix="check the key")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a pipeline TOML file, apply `--set` overrides and validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecsysError(
+            f"pipeline file '{path}' does not exist",
+            fix="pass a TOML file such as pipelines/demo.toml",
+        )
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise RecsysError(f"'{path}' is not valid TOML: {exc}", fix="correct the syntax") from None
+    return config_from_dict(apply_overrides(data, overrides or []), where=str(path))
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config") -> PipelineConfig:
+    try:
+        config = _build(PipelineConfig, data, "")
+    except RecsysError as exc:
+        exc.where = f"{where}, {exc.where}" if exc.where else where
+        raise
+    validate(config)
+    return config
+
+
+def validate(config: PipelineConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    f = config.features
+    if not (0 <= f.validation_fraction < 1 and 0 < f.test_fraction < 1):
+        raise RecsysError(
+            "features.validation_fraction and features.test_fraction must lie in [0, 1)",
+            fix="use e.g. validation_fraction = 0.1, test_fraction = 0.2",
+        )
+    if f.validation_fraction + f.test_fraction >= 0.9:
+        raise RecsysError(
+            "validation_fraction + test_fraction leaves almost nothing to train on",
+            fix="keep their sum below 0.9",
+        )
+    if config.source.kind not in ("synthetic", "movielens", "impressions"):
+        close = difflib.get_close_matches(
+            config.source.kind, ["synthetic", "movielens", "impressions"], n=1
+        )
+        raise RecsysError(
+            f"unknown source.kind '{config.source.kind}'",
+            fix=f"did you mean '{close[0]}'?" if close else "use synthetic, movielens or impressions",
+        )
+    for name, task in config.tasks.items():
+        if task.kind not in ("binary", "regression"):
+            raise RecsysError(
+                f"task '{name}' has kind '{task.kind}'", fix="use 'binary' or 'regression'"
+            )
+        if task.depends_on and task.depends_on not in config.tasks:
+            raise RecsysError(
+                f"task '{name}' depends on unknown task '{task.depends_on}'",
+                fix=f"use one of {sorted(config.tasks)}",
+            )
+    dot_heads = [n for n, t in config.tasks.items() if t.head == "dot"]
+    if len(dot_heads) != 1 or config.tasks[dot_heads[0]].kind != "binary":
+        raise RecsysError(
+            "exactly one binary task must use head = 'dot' (the retrievable click score)",
+            fix="set head = 'dot' on the click task only",
+        )
+    for name, value in [
+        ("training.epochs", config.training.epochs),
+        ("training.batch_size", config.training.batch_size),
+        ("retrieval.candidates", config.retrieval.candidates),
+        ("model.embedding_dim", config.model.embedding_dim),
+        ("model.output_dim", config.model.output_dim),
+    ]:
+        if value <= 0:
+            raise RecsysError(f"{name} must be positive, got {value}", fix=f"set {name} >= 1")
+    if any(k <= 0 for k in config.evaluation.k):
+        raise RecsysError("evaluation.k values must be positive", fix="use e.g. k = [10, 20]")
