@@ -27,7 +27,9 @@ def _doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclass
 
 @dataclass
 class PipelineSection:
-    name: str = _doc("Name of the pipeline; used for output folders and the MLflow run.", "pipeline")
+    name: str = _doc(
+        "Name of the pipeline; used for output folders and the MLflow run.", "pipeline"
+    )
     output_dir: str = _doc(
         "Where features, checkpoints and the model bundle go (relative to the TOML file's "
         "project root, i.e. the current directory).",
@@ -40,8 +42,8 @@ class PipelineSection:
 class SyntheticSource:
     n_users: int = _doc("Number of users.", 2000)
     n_items: int = _doc("Number of items.", 500)
-    impressions_per_user: int = _doc("Mean impressions per user (Poisson).", 60)
-    latent_dim: int = _doc("Dimension of the planted user/item factors.", 8)
+    impressions_per_user: int = _doc("Mean impressions per user (Poisson).", 150)
+    latent_dim: int = _doc("Dimension of the planted user/item factors.", 4)
     n_user_segments: int = _doc("Number of user segments (a side feature that shifts factors).", 6)
     n_item_categories: int = _doc("Number of item categories (a side feature).", 10)
     click_bias: float = _doc("Global click logit offset; lower means rarer clicks.", -1.0)
@@ -50,7 +52,9 @@ class SyntheticSource:
 
 @dataclass
 class MovieLensSource:
-    path: str = _doc("Directory with the GroupLens files (u.data... or ratings.dat...).", "data/raw/ml-100k")
+    path: str = _doc(
+        "Directory with the GroupLens files (u.data... or ratings.dat...).", "data/raw/ml-100k"
+    )
     variant: str = _doc("'100k' or '1m'; 'auto' detects it from the files present.", "auto")
     purchase_threshold: float = _doc("A rating at or above this counts as a purchase.", 4.0)
     download: bool = _doc(
@@ -84,7 +88,9 @@ class FeaturesSection:
     validation_fraction: float = _doc(
         "Fraction of each user's most recent events (before test) held out for validation.", 0.1
     )
-    test_fraction: float = _doc("Fraction of each user's most recent events held out for test.", 0.2)
+    test_fraction: float = _doc(
+        "Fraction of each user's most recent events held out for test.", 0.2
+    )
     negatives_per_positive: int = _doc(
         "Sampled negatives per positive, for positive-only sources.", 4
     )
@@ -133,7 +139,7 @@ class TrainingSection:
     epochs: int = _doc("Maximum number of epochs.", 20)
     batch_size: int = _doc("Rows per batch.", 1024)
     learning_rate: float = _doc("Adam learning rate.", 3e-3)
-    weight_decay: float = _doc("L2 penalty on embeddings and weights (Adam weight_decay).", 0.0)
+    weight_decay: float = _doc("L2 penalty on embeddings and weights (Adam weight_decay).", 1e-4)
     patience: int = _doc("Stop after this many epochs without improvement on `monitor`.", 3)
     monitor: str = _doc(
         "Validation metric for early stopping and model selection, e.g. 'val/click_auc'.",
@@ -223,7 +229,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             )
         return _build(tp, value, where)
     if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
+        _, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
             raise RecsysError(f"'{where}' must be a table, got {value!r}", fix="use {key = value}")
         return {str(k): _convert(v, val_tp, f"{where}.{k}") for k, v in value.items()}
@@ -239,8 +245,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool):
-        raise RecsysError(f"'{where}' must be true or false, got {value!r}", fix="write true or false")
-    if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool) and tp is not bool):
+        raise RecsysError(
+            f"'{where}' must be true or false, got {value!r}", fix="write true or false"
+        )
+    if tp in (int, float, str) and (
+        not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool)
+    ):
         raise RecsysError(
             f"'{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}",
             fix=f"give a {_type_name(tp)} value",
@@ -290,10 +300,11 @@ def _build_tasks(data: Any) -> dict[str, TaskConfig]:
     return tasks
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise RecsysError(
-            f"--set '{text}' has no '='", fix="write --set section.key=value, e.g. training.epochs=5"
+            f"--set '{text}' has no '='",
+            fix="write --set section.key=value, e.g. training.epochs=5",
         )
     key, raw = text.split("=", 1)
     try:
@@ -305,7 +316,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
-        path, value = _parse_override(text)
+        path, value = parse_override(text)
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -359,7 +370,9 @@ def validate(config: PipelineConfig) -> None:
         )
         raise RecsysError(
             f"unknown source.kind '{config.source.kind}'",
-            fix=f"did you mean '{close[0]}'?" if close else "use synthetic, movielens or impressions",
+            fix=f"did you mean '{close[0]}'?"
+            if close
+            else "use synthetic, movielens or impressions",
         )
     for name, task in config.tasks.items():
         if task.kind not in ("binary", "regression"):

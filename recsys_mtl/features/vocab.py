@@ -1,0 +1,103 @@
+"""Vocabularies: raw ids -> contiguous indices with reserved padding and unknown slots."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recsys_mtl.errors import RecsysError
+
+PAD = 0
+UNKNOWN = 1
+FIRST = 2
+
+
+class Vocabulary:
+    """Maps raw values (Int64 or String) to indices: 0 = padding, 1 = unknown, 2.. = known.
+
+    Fitted on training rows only; values seen fewer than `min_count` times stay unknown.
+    Known values are ordered by descending count, ties by value, so indices are stable.
+    """
+
+    def __init__(self, values: pl.Series, name: str) -> None:
+        self.name = name
+        self.values = values.rename("value")
+        self._table = pl.DataFrame(
+            {"value": self.values, "index": np.arange(FIRST, FIRST + len(values), dtype=np.int32)}
+        )
+
+    @classmethod
+    def fit(cls, values: pl.Series, name: str, min_count: int = 1) -> Vocabulary:
+        counts = (
+            values.drop_nulls()
+            .rename("value")
+            .value_counts(name="count")
+            .filter(pl.col("count") >= min_count)
+            .sort(["count", "value"], descending=[True, False])
+        )
+        return cls(counts["value"], name)
+
+    @property
+    def size(self) -> int:
+        """Number of rows an embedding table needs (known values plus the two reserved)."""
+        return len(self.values) + FIRST
+
+    @property
+    def dtype(self) -> pl.DataType:
+        return self.values.dtype
+
+    def encode(self, values: pl.Series, where: str = "input") -> pl.Series:
+        """Raw values (N,) -> Int32 indices (N,); unknown and null values map to 1."""
+        values = self.cast(values, where)
+        encoded = (
+            pl.DataFrame({"value": values})
+            .join(self._table, on="value", how="left", maintain_order="left")
+            .get_column("index")
+        )
+        return encoded.fill_null(UNKNOWN).rename(self.name)
+
+    def decode(self, indices: np.ndarray) -> pl.Series:
+        """Indices (N,) -> raw values; reserved slots decode to null."""
+        indices = np.asarray(indices, dtype=np.int64)
+        known = indices >= FIRST
+        out = self.values.gather(np.where(known, indices - FIRST, 0))
+        return out.set(pl.Series(~known), None) if (~known).any() else out
+
+    def cast(self, values: pl.Series, where: str = "input") -> pl.Series:
+        """`values` in the vocabulary's dtype, or a RecsysError naming the mismatch."""
+        if values.dtype == self.dtype:
+            return values
+        try:
+            return values.cast(self.dtype, strict=True)
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError):
+            bad = values.head(3).to_list()
+            raise RecsysError(
+                f"'{self.name}' values such as {bad} are {values.dtype} but the vocabulary holds "
+                f"{self.dtype} ids",
+                where=where,
+                fix=f"pass {self.name} values of the same type as in training",
+            ) from None
+
+    def save(self, path: Path) -> None:
+        write_parquet_atomic(pl.DataFrame({"value": self.values}), path)
+
+    @classmethod
+    def load(cls, path: Path, name: str) -> Vocabulary:
+        return cls(pl.read_parquet(path).get_column("value"), name)
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        frame.write_parquet(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

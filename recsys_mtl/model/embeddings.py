@@ -1,0 +1,84 @@
+"""Shared embedding layers: one encoder per side (users, items) over ids and side features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recsys_mtl.features.transform import SideArrays, SideSpec
+
+
+@dataclass
+class SideInputs:
+    """Encoded inputs for B rows of one side: ids (B,), categorical (B, C), numeric (B, F),
+    lists name -> (B, L)."""
+
+    ids: torch.Tensor
+    categorical: torch.Tensor
+    numeric: torch.Tensor
+    lists: dict[str, torch.Tensor]
+
+
+def side_inputs_from_arrays(ids: torch.Tensor, arrays: SideArrays) -> SideInputs:
+    return SideInputs(
+        ids=ids,
+        categorical=torch.from_numpy(arrays.categorical),
+        numeric=torch.from_numpy(arrays.numeric),
+        lists={k: torch.from_numpy(v) for k, v in arrays.lists.items()},
+    )
+
+
+class SideEncoder(nn.Module):
+    """Embeds one side's id and side features and concatenates them: (B,) -> (B, out_dim).
+
+    The encoded feature table of every known id is a buffer, so a batch needs only ids;
+    `encode` also takes explicit features (cold ids with side features at query time).
+    List features are mean-pooled embedding bags; numerics go through one linear layer.
+    """
+
+    def __init__(self, spec: SideSpec, table: SideArrays, dim: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.id_embedding = nn.Embedding(spec.id_vocab_size, dim, padding_idx=0)
+        self.categorical = nn.ModuleList(
+            nn.Embedding(size, dim, padding_idx=0) for size in spec.categorical.values()
+        )
+        self.lists = nn.ModuleDict(
+            {name: nn.Embedding(size, dim, padding_idx=0) for name, size in spec.lists.items()}
+        )
+        n_numeric = len(spec.numeric)
+        self.numeric = nn.Linear(n_numeric, dim) if n_numeric else None
+        self.register_buffer("categorical_table", torch.from_numpy(table.categorical))
+        self.register_buffer("numeric_table", torch.from_numpy(table.numeric))
+        for name, values in table.lists.items():
+            self.register_buffer(f"list_table_{name}", torch.from_numpy(values))
+        self.out_dim = dim * (1 + len(self.categorical) + len(self.lists) + (1 if n_numeric else 0))
+        for emb in [self.id_embedding, *self.categorical, *self.lists.values()]:
+            nn.init.normal_(emb.weight, std=0.05)
+            with torch.no_grad():
+                emb.weight[0].zero_()
+
+    def lookup(self, ids: torch.Tensor) -> SideInputs:
+        """Features of known ids (B,) from the buffered table."""
+        return SideInputs(
+            ids=ids,
+            categorical=self.categorical_table[ids],
+            numeric=self.numeric_table[ids],
+            lists={name: getattr(self, f"list_table_{name}")[ids] for name in self.lists},
+        )
+
+    def encode(self, inputs: SideInputs) -> torch.Tensor:
+        parts = [self.id_embedding(inputs.ids)]
+        parts += [emb(inputs.categorical[:, j]) for j, emb in enumerate(self.categorical)]
+        for name, emb in self.lists.items():
+            tokens = inputs.lists[name]  # (B, L)
+            mask = (tokens > 0).unsqueeze(-1).float()
+            parts.append((emb(tokens) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+        if self.numeric is not None:
+            parts.append(self.numeric(inputs.numeric))
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.lookup(ids))

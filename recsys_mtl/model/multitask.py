@@ -1,0 +1,149 @@
+"""The multi-task model: shared side encoders -> sharing block -> one head per task."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from recsys_mtl.config import ModelSection, TaskConfig
+from recsys_mtl.features.transform import FeatureTransform
+from recsys_mtl.model.embeddings import SideEncoder, SideInputs
+from recsys_mtl.model.heads import DotHead, MlpHead
+from recsys_mtl.model.sharing import SHARING
+
+
+def task_order(tasks: dict[str, TaskConfig]) -> list[str]:
+    """Tasks with every dependency before its dependants."""
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in path:
+            raise ValueError(f"tasks depend on each other in a cycle: {' -> '.join(path)}")
+        parent = tasks[name].depends_on
+        if parent:
+            visit(parent, (*path, name))
+        order.append(name)
+
+    for name in tasks:
+        visit(name, ())
+    return order
+
+
+def output_column(name: str, task: TaskConfig) -> str:
+    """Prediction column of a task: p_<name> for binary, <name>_pred for regression."""
+    return f"p_{name}" if task.kind == "binary" else f"{name}_pred"
+
+
+class MultiTaskModel(nn.Module):
+    """Shared user/item encoders feed a sharing block and per-task heads.
+
+    `forward` returns each task's raw output (B,): a logit for binary tasks (for a task
+    that depends on another, the conditional logit, e.g. purchase given click) and the
+    prediction for regression tasks. `log_probabilities` applies the entire-space
+    funnel: log p(purchase) = log p(click) + log p(purchase | click).
+    """
+
+    def __init__(
+        self,
+        user_encoder: SideEncoder,
+        item_encoder: SideEncoder,
+        sharing: nn.Module,
+        heads: nn.ModuleDict,
+        tasks: dict[str, TaskConfig],
+    ) -> None:
+        super().__init__()
+        self.user_encoder = user_encoder
+        self.item_encoder = item_encoder
+        self.sharing = sharing
+        self.heads = heads
+        self.tasks = tasks
+        self.order = task_order(tasks)
+        self.retrieval_task = next(n for n, t in tasks.items() if t.head == "dot")
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_encoded(self.user_encoder(user_idx), self.item_encoder(item_idx))
+
+    def forward_inputs(self, users: SideInputs, items: SideInputs) -> dict[str, torch.Tensor]:
+        return self.forward_encoded(
+            self.user_encoder.encode(users), self.item_encoder.encode(items)
+        )
+
+    def forward_encoded(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        reprs = self.sharing(users, items)
+        return {name: self.heads[name](*reprs[name]) for name in self.order}
+
+    def log_probabilities(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """log p of every binary task (B,), with dependencies multiplied in."""
+        log_p: dict[str, torch.Tensor] = {}
+        for name in self.order:
+            task = self.tasks[name]
+            if task.kind != "binary":
+                continue
+            log_p[name] = F.logsigmoid(outputs[name])
+            if task.depends_on:
+                log_p[name] = log_p[name] + log_p[task.depends_on]
+        return log_p
+
+    def predictions(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named predictions (B,): p_<task> for binary tasks, <task>_pred for regression."""
+        log_p = self.log_probabilities(outputs)
+        return {
+            output_column(name, self.tasks[name]): (
+                log_p[name].exp() if name in log_p else outputs[name]
+            )
+            for name in self.order
+        }
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """Encoded users (B, Du) -> retrieval vectors (B, D + 1)."""
+        head: DotHead = self.heads[self.retrieval_task]
+        return head.user_vector(self.sharing.user_repr(users, self.retrieval_task))
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """Encoded items (B, Di) -> retrieval vectors (B, D + 1); <user, item> = click logit."""
+        head: DotHead = self.heads[self.retrieval_task]
+        return head.item_vector(self.sharing.item_repr(items, self.retrieval_task))
+
+
+def build_model(
+    transform: FeatureTransform,
+    cfg: ModelSection,
+    tasks: dict[str, TaskConfig],
+    label_means: dict[str, float] | None = None,
+) -> MultiTaskModel:
+    """Build a model whose feature tables come from the fitted transform."""
+    user_encoder = SideEncoder(
+        transform.users.spec, transform.users.feature_table(), cfg.embedding_dim
+    )
+    item_encoder = SideEncoder(
+        transform.items.spec, transform.items.feature_table(), cfg.embedding_dim
+    )
+    if cfg.sharing not in SHARING:
+        raise KeyError(cfg.sharing)
+    sharing = SHARING[cfg.sharing](user_encoder.out_dim, item_encoder.out_dim, list(tasks), cfg)
+    label_means = label_means or {}
+    heads = nn.ModuleDict()
+    for name, task in tasks.items():
+        if task.head == "dot":
+            heads[name] = DotHead(sharing.out_dim, cfg.output_dim)
+        else:
+            offset = label_means.get(name, 0.0) if task.kind == "regression" else 0.0
+            heads[name] = MlpHead(sharing.out_dim, cfg.head_hidden_dim, offset)
+    return MultiTaskModel(user_encoder, item_encoder, sharing, heads, tasks)
+
+
+def model_metadata(cfg: ModelSection, tasks: dict[str, TaskConfig]) -> dict[str, Any]:
+    """What `build_model` needs besides the transform, as plain JSON-able data."""
+    return {"model": asdict(cfg), "tasks": {name: asdict(t) for name, t in tasks.items()}}
+
+
+def model_from_metadata(transform: FeatureTransform, metadata: dict[str, Any]) -> MultiTaskModel:
+    cfg = ModelSection(**metadata["model"])
+    tasks = {name: TaskConfig(**spec) for name, spec in metadata["tasks"].items()}
+    return build_model(transform, cfg, tasks)

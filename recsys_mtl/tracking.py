@@ -1,0 +1,179 @@
+"""Experiment tracking: the one module that talks to MLflow.
+
+Library code takes a `Tracker` and runs without MLflow (`NoopTracker`); pipelines
+use `MlflowTracker`: params once, metrics per epoch under `train/`, `val/`, `test/`,
+`weight/` keys, artifacts, and the recommender as an MLflow pyfunc model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from recsys_mtl.errors import RecsysError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
+DEFAULT_ARTIFACT_ROOT = "mlflow/artifacts"
+MODEL_NAME = "recommender"
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_dict(self, data: dict[str, Any], name: str) -> None: ...
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+
+class NoopTracker:
+    """Tracks nothing; what library code gets when no tracker is given."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_dict(self, data: dict[str, Any], name: str) -> None:
+        pass
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+
+def resolve_tracking_uri(configured: str = "") -> str:
+    """Config value, else $MLFLOW_TRACKING_URI, else the SQLite store under mlflow/."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def _clean_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """MLflow keys allow '@' nowhere; NaN/inf are dropped rather than logged."""
+    return {
+        key.replace("@", "_at_"): float(value)
+        for key, value in metrics.items()
+        if value is not None and math.isfinite(float(value))
+    }
+
+
+class MlflowTracker:
+    """Logs one MLflow run; use as a context manager (the run ends FAILED on an error)."""
+
+    def __init__(self, experiment: str, run_name: str, uri: str = "") -> None:
+        import mlflow
+
+        self._mlflow = mlflow
+        self.uri = resolve_tracking_uri(uri)
+        mlflow.set_tracking_uri(self.uri)
+        if mlflow.get_experiment_by_name(experiment) is None and self.uri.startswith("sqlite"):
+            root = Path(DEFAULT_ARTIFACT_ROOT).resolve()
+            mlflow.create_experiment(experiment, artifact_location=root.as_uri())
+        mlflow.set_experiment(experiment)
+        self.run_name = run_name
+        self.run_id: str | None = None
+
+    def __enter__(self) -> MlflowTracker:
+        run = self._mlflow.start_run(run_name=self.run_name)
+        self.run_id = run.info.run_id
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is not None:
+            self._mlflow.set_tag("error", str(exc)[:5000])
+        self._mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._mlflow.log_metrics(_clean_metrics(metrics), step=step)
+
+    def log_dict(self, data: dict[str, Any], name: str) -> None:
+        self._mlflow.log_dict(data, name)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        if path.is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path=folder)
+        else:
+            self._mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._mlflow.set_tags(tags)
+
+    def log_recommender(self, bundle_dir: Path, registered_name: str | None = None) -> str:
+        """Log the bundle as an MLflow pyfunc model; returns its model URI."""
+        from recsys_mtl.serving import log_pyfunc_model
+
+        return log_pyfunc_model(self._mlflow, bundle_dir, MODEL_NAME, registered_name)
+
+
+def bundle_from_model_uri(model: str) -> Path:
+    """A local bundle folder for MODEL: a bundle folder, an MLflow model folder, or an
+    MLflow model URI (runs:/..., models:/...), downloaded when remote."""
+    path = Path(model)
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            return path
+        if (path / "MLmodel").is_file():
+            return _bundle_inside_mlflow_model(path)
+        raise RecsysError(
+            f"'{model}' is neither a recommender bundle nor an MLflow model folder",
+            fix="pass the model folder written by `recsys-mtl train` or an MLflow model URI",
+        )
+    if "://" not in model and ":/" not in model:
+        raise RecsysError(
+            f"model '{model}' does not exist",
+            fix="pass a local model folder or an MLflow URI such as runs:/<run_id>/recommender",
+        )
+    import mlflow
+
+    mlflow.set_tracking_uri(resolve_tracking_uri())
+    target = Path(tempfile.mkdtemp(prefix="recsys-mtl-model-"))
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(target))
+    except Exception as exc:  # MLflow raises several types for a bad URI
+        shutil.rmtree(target, ignore_errors=True)
+        raise RecsysError(
+            f"cannot load MLflow model '{model}': {str(exc).splitlines()[0]}",
+            fix="check the run id / model name and that MLFLOW_TRACKING_URI points at the "
+            "store it was logged to",
+        ) from None
+    return _bundle_inside_mlflow_model(Path(local))
+
+
+def _bundle_inside_mlflow_model(folder: Path) -> Path:
+    candidates = list(folder.glob("artifacts/bundle")) + list(folder.glob("**/manifest.json"))
+    for candidate in candidates:
+        bundle = candidate if candidate.is_dir() else candidate.parent
+        if (bundle / "manifest.json").is_file():
+            return bundle
+    raise RecsysError(
+        f"MLflow model at '{folder}' holds no recsys-mtl bundle",
+        fix="log models with `recsys-mtl run` (it stores the bundle as an artifact)",
+    )
+
+
+def write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+    os.replace(tmp, path)
