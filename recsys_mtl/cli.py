@@ -192,6 +192,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_stage(args: argparse.Namespace) -> None:
     from recsys_mtl import pipeline as stages
     from recsys_mtl.config import load_config
+    from recsys_mtl.features.pipeline import load_features
 
     config = load_config(args.pipeline, args.overrides)
     paths = stages.Paths(config.output_path)
@@ -200,7 +201,7 @@ def cmd_stage(args: argparse.Namespace) -> None:
             features = stages.features_stage(config, tracker)
             print(f"features written to {paths.features}: {features.spec['rows']}")
         elif args.command == "train":
-            features = stages.load_features(paths.features)
+            features = load_features(paths.features)
             _, result = stages.train_stage(config, features, tracker)
             print(
                 f"trained: best epoch {result.best_epoch}, {config.training.monitor} = "
@@ -213,7 +214,7 @@ def cmd_stage(args: argparse.Namespace) -> None:
                 f"written to {paths.model}"
             )
         else:
-            features = stages.load_features(paths.features)
+            features = load_features(paths.features)
             metrics = stages.evaluate_stage(
                 config, stages.load_recommender(config), features, tracker
             )

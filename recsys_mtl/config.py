@@ -384,6 +384,24 @@ def validate(config: PipelineConfig) -> None:
                 f"task '{name}' depends on unknown task '{task.depends_on}'",
                 fix=f"use one of {sorted(config.tasks)}",
             )
+    for name, task in config.tasks.items():
+        if not task.depends_on:
+            continue
+        parent = config.tasks[task.depends_on]
+        if task.kind != "binary" or parent.kind != "binary":
+            raise RecsysError(
+                f"task '{name}' ({task.kind}) depends on '{task.depends_on}' ({parent.kind}); "
+                "a dependency multiplies two probabilities, so both must be binary",
+                fix=f"remove depends_on from task '{name}' or depend on a binary task",
+            )
+        chain = [name]
+        while parent_name := config.tasks[chain[-1]].depends_on:
+            if parent_name in chain:
+                raise RecsysError(
+                    f"tasks depend on each other in a cycle: {' -> '.join([*chain, parent_name])}",
+                    fix="make the dependencies a tree, e.g. purchase depends_on click",
+                )
+            chain.append(parent_name)
     dot_heads = [n for n, t in config.tasks.items() if t.head == "dot"]
     if len(dot_heads) != 1 or config.tasks[dot_heads[0]].kind != "binary":
         raise RecsysError(

@@ -26,9 +26,9 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
 
         self.recommender = Recommender.load(Path(context.artifacts[BUNDLE_ARTIFACT]))
 
-    def predict(
-        self, context: Any, model_input: Any, params: dict[str, Any] | None = None
-    ) -> pd.DataFrame:
+    # Unannotated on purpose: MLflow reads type hints on predict as an input schema.
+    def predict(self, context, model_input, params=None):
+        """Recommendations for a frame of user_id, or scores for user_id + item_id."""
         frame = (
             model_input
             if isinstance(model_input, pl.DataFrame)

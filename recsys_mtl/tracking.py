@@ -18,7 +18,6 @@ from typing import Any, Protocol
 from recsys_mtl.errors import RecsysError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
-DEFAULT_ARTIFACT_ROOT = "mlflow/artifacts"
 MODEL_NAME = "recommender"
 
 
@@ -84,7 +83,8 @@ class MlflowTracker:
         self.uri = resolve_tracking_uri(uri)
         mlflow.set_tracking_uri(self.uri)
         if mlflow.get_experiment_by_name(experiment) is None and self.uri.startswith("sqlite"):
-            root = Path(DEFAULT_ARTIFACT_ROOT).resolve()
+            # Artifacts live beside the SQLite file (mlflow/artifacts for the default store).
+            root = Path(self.uri.removeprefix("sqlite:///")).resolve().parent / "artifacts"
             mlflow.create_experiment(experiment, artifact_location=root.as_uri())
         mlflow.set_experiment(experiment)
         self.run_name = run_name

@@ -1,0 +1,407 @@
+"""The `recsys-mtl` command line end to end on the smoke pipeline.
+
+The pipeline is trained once for the module (in a temporary folder, tracked in a
+throw-away SQLite MLflow store); every test reuses that run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from polars.testing import assert_frame_equal
+
+import mlflow
+from recsys_mtl.cli import main
+from recsys_mtl.recommender import Recommender
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "pipelines" / "smoke.toml"
+EPOCHS = 3  # training.epochs in smoke.toml; patience 3 cannot stop it earlier
+
+
+def cli(*args: object) -> tuple[int, str, str]:
+    """Run `recsys-mtl ARGS` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@dataclass
+class Smoke:
+    root: Path
+    pipeline: Path
+    output: Path
+    tracking_uri: str
+    stdout: str
+    code: int
+    run_id: str
+    model_uri: str
+
+    @property
+    def bundle(self) -> Path:
+        return self.output / "model"
+
+    @property
+    def features(self) -> Path:
+        return self.output / "features"
+
+    def report(self) -> dict[str, float]:
+        return json.loads((self.output / "reports" / "metrics.json").read_text())["metrics"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
+    root = tmp_path_factory.mktemp("cli")
+    tracking_uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        mp.chdir(root)  # anything written relative to the working directory stays here
+        pipeline = root / "smoke.toml"
+        pipeline.write_text(SMOKE.read_text())
+        output = root / "smoke"
+        code, stdout, stderr = cli("run", pipeline, "--set", f"pipeline.output_dir={output}")
+        assert code == 0, stderr
+        run_id = re.search(r"MLflow run id: (\w+)", stdout)
+        model_uri = re.search(r"MLflow model: (\S+)", stdout)
+        assert run_id and model_uri, stdout
+        mlflow.set_tracking_uri(tracking_uri)
+        yield Smoke(
+            root,
+            pipeline,
+            output,
+            tracking_uri,
+            stdout,
+            code,
+            run_id.group(1),
+            model_uri.group(1),
+        )
+
+
+@pytest.fixture(scope="module")
+def recommender(smoke: Smoke) -> Recommender:
+    return Recommender.load(smoke.bundle)
+
+
+@pytest.fixture(scope="module")
+def seen(smoke: Smoke) -> pl.DataFrame:
+    """(user_id, item_id) clicked in train + validation: what retrieval must exclude."""
+    frames = [pl.read_parquet(smoke.features / f"{s}.parquet") for s in ("train", "validation")]
+    return (
+        pl.concat(frames, how="diagonal_relaxed")
+        .filter(pl.col("click") == 1)
+        .select("user_id", "item_id")
+        .unique()
+    )
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def test_run_prints_metrics_table_and_run_id(smoke: Smoke) -> None:
+    assert smoke.code == 0
+    lines = smoke.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("metric"))
+    assert header.split() == ["metric", "model", "oracle", "popularity"]
+    row = next(line for line in lines if line.startswith("click_auc "))
+    printed = float(row.split()[1])
+    assert printed == pytest.approx(smoke.report()["test/click_auc"], abs=1e-4)
+    assert f"MLflow run id: {smoke.run_id}" in smoke.stdout
+    assert smoke.model_uri.startswith("models:/")
+    assert _files(smoke.bundle) >= {"manifest.json", "model.pt", "index.faiss", "seen.npz"}
+
+
+def test_run_is_tracked_in_mlflow(smoke: Smoke) -> None:
+    run = mlflow.get_run(smoke.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["pipeline.name"] == "smoke"
+    assert params["training.epochs"] == str(EPOCHS)
+    assert params["pipeline.output_dir"] == str(smoke.output)
+
+    history = mlflow.MlflowClient().get_metric_history(smoke.run_id, "val/click_auc")
+    last = torch.load(smoke.output / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == EPOCHS
+    assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+    assert all(0.0 <= m.value <= 1.0 for m in history)
+
+    report = smoke.report()
+    for key in ("test/click_auc", "test/purchase_auc", "test/rating_rmse", "test/recall@10"):
+        logged = run.data.metrics[key.replace("@", "_at_")]
+        assert logged == pytest.approx(report[key], abs=1e-9)
+
+    info = mlflow.models.get_model_info(smoke.model_uri)
+    assert "python_function" in info.flavors
+    assert info.run_id == smoke.run_id
+    by_run = mlflow.models.get_model_info(f"runs:/{smoke.run_id}/recommender")
+    assert by_run.model_uuid == info.model_uuid
+
+
+def test_stage_commands_in_order_produce_the_same_files(smoke: Smoke, tmp_path: Path) -> None:
+    output = tmp_path / "staged"
+    overrides = ["--set", f"pipeline.output_dir={output}"]
+    printed = {}
+    for stage in ("features", "train", "index", "evaluate"):
+        code, stdout, stderr = cli(stage, smoke.pipeline, *overrides)
+        assert code == 0, f"{stage}: {stderr}"
+        printed[stage] = stdout
+    assert f"best epoch {EPOCHS}" in printed["train"]
+    assert "'Flat' over 80 items" in printed["index"]
+    assert "click_auc" in printed["evaluate"]
+
+    assert _files(output) == _files(smoke.output)
+    # Same seed, same data: the staged model is the run's model, file for file.
+    staged = json.loads((output / "model" / "manifest.json").read_text())["files"]
+    assert staged == json.loads((smoke.bundle / "manifest.json").read_text())["files"]
+    for split in ("train", "validation", "test"):
+        assert_frame_equal(
+            pl.read_parquet(output / "features" / f"{split}.parquet"),
+            pl.read_parquet(smoke.features / f"{split}.parquet"),
+        )
+    metrics = json.loads((output / "reports" / "metrics.json").read_text())["metrics"]
+    assert metrics == pytest.approx(smoke.report(), abs=1e-9)
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def test_predict_scores_every_row_in_order_with_each_model_form(
+    smoke: Smoke, recommender: Recommender, tmp_path: Path
+) -> None:
+    test = pl.read_parquet(smoke.features / "test.parquet")
+    pairs = pl.concat(
+        [
+            test.select("user_id", "item_id").head(60).reverse(),
+            pl.DataFrame({"user_id": [987654, 90], "item_id": [13, 987654]}),  # cold user, item
+        ]
+    )
+    source = tmp_path / "X.parquet"
+    pairs.write_parquet(source)
+
+    results = []
+    for model in (smoke.bundle, f"runs:/{smoke.run_id}/recommender", smoke.model_uri):
+        out = tmp_path / f"P{len(results)}.parquet"
+        code, stdout, stderr = cli("predict", "--model", model, "--input", source, "--out", out)
+        assert code == 0, stderr
+        assert f"{pairs.height} predictions written" in stdout
+        results.append(pl.read_parquet(out))
+
+    first = results[0]
+    assert first.columns == ["user_id", "item_id", "p_click", "p_purchase", "rating_pred"]
+    assert_frame_equal(first.select("user_id", "item_id"), pairs)
+    for column in ("p_click", "p_purchase"):
+        assert first[column].is_between(0.0, 1.0).all()
+    assert (first["p_purchase"] <= first["p_click"] + 1e-7).all()
+    assert first["rating_pred"].is_finite().all()
+    for other in results[1:]:
+        assert_frame_equal(other, first)
+    assert_frame_equal(first.drop("user_id", "item_id"), recommender.predict(pairs))
+
+
+# ---------------------------------------------------------------------------- recommend
+
+
+def _users_with_seen_in_top5(recommender: Recommender, seen: pl.DataFrame) -> list[int]:
+    """Two known users whose unfiltered top 5 includes an item they already clicked, so
+    that excluding seen items visibly changes their list."""
+    candidates = seen["user_id"].unique().sort().to_list()
+    unfiltered = recommender.recommend(candidates, k=5, exclude_seen=False)
+    hits = unfiltered.join(seen, on=["user_id", "item_id"], how="semi")
+    users = hits["user_id"].unique().sort().to_list()
+    assert len(users) >= 2, "the smoke model should rank some seen items highly"
+    return users[:2]
+
+
+def test_recommend_excludes_seen_items_for_each_way_of_naming_users(
+    smoke: Smoke, recommender: Recommender, seen: pl.DataFrame, tmp_path: Path
+) -> None:
+    a, b = _users_with_seen_in_top5(recommender, seen)
+
+    code, stdout, stderr = cli("recommend", "--model", smoke.bundle, "--user", a, b, "-k", 5)
+    assert code == 0, stderr
+    assert "item_id" in stdout and "p_purchase" in stdout
+
+    (tmp_path / "users.txt").write_text(f"{a}\n{b}\n")
+    pl.DataFrame({"user_id": [a, b]}).write_parquet(tmp_path / "users.parquet")
+    frames = []
+    ways = [["--user", a, b], ["--users", tmp_path / "users.txt"]]
+    ways.append(["--users", tmp_path / "users.parquet"])
+    for who in ways:
+        out = tmp_path / f"recs{len(frames)}.parquet"
+        code, stdout, stderr = cli(
+            "recommend", "--model", smoke.bundle, *who, "-k", 5, "--out", out
+        )
+        assert code == 0, stderr
+        assert "10 recommendations written" in stdout
+        frames.append(pl.read_parquet(out))
+
+    recs = frames[0]
+    heads = ["p_click", "p_purchase", "rating_pred"]
+    assert recs.columns == ["user_id", "rank", "item_id", "score", *heads]
+    comparable = [f.with_columns(pl.col("user_id").cast(pl.Int64)) for f in frames]
+    for other in comparable[1:]:
+        assert_frame_equal(other, comparable[0])
+    recs = comparable[0]
+    assert recs.group_by("user_id").len().sort("user_id")["len"].to_list() == [5, 5]
+    assert recs.filter(pl.col("user_id") == a)["rank"].to_list() == [1, 2, 3, 4, 5]
+    assert recs.join(seen, on=["user_id", "item_id"], how="semi").height == 0
+    for user in (a, b):
+        scores = recs.filter(pl.col("user_id") == user)["score"].to_numpy()
+        assert np.all(np.diff(scores) <= 0)
+    expected = recommender.recommend([a, b], k=5)
+    assert_frame_equal(recs, expected)
+
+
+def test_recommend_serves_an_unknown_user(smoke: Smoke, tmp_path: Path) -> None:
+    out = tmp_path / "recs.parquet"
+    code, _, stderr = cli(
+        "recommend", "--model", smoke.bundle, "--user", 987654, "-k", 5, "--out", out
+    )
+    assert code == 0, stderr
+    recs = pl.read_parquet(out)
+    assert recs.height == 5
+    assert recs["item_id"].n_unique() == 5
+    assert recs["rank"].to_list() == [1, 2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_model_on_the_test_split_matches_the_pipeline(
+    smoke: Smoke, tmp_path: Path
+) -> None:
+    out = tmp_path / "report.json"
+    test_split = smoke.features / "test.parquet"
+    code, stdout, stderr = cli(
+        "evaluate", "--model", smoke.bundle, "--input", test_split, "--out", out
+    )
+    assert code == 0, stderr
+    assert "click_auc" in stdout
+    report = json.loads(out.read_text())
+    pipeline = smoke.report()
+    assert report["metrics"]["test/click_auc"] == pytest.approx(
+        pipeline["test/click_auc"], abs=1e-6
+    )
+    for key in ("test/purchase_auc", "test/rating_rmse", "test/recall@10", "test/ndcg@20"):
+        assert report["metrics"][key] == pytest.approx(pipeline[key], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+# name -> (argv template, a phrase the error must contain). The template is split on
+# spaces first, then each word is formatted, so paths with spaces stay one argument.
+# Every output lands under {out}, which must still not exist afterwards.
+BAD_CASES = {
+    "missing pipeline": (
+        "run {inputs}/nope.toml --set pipeline.output_dir={out}/run",
+        "does not exist",
+    ),
+    "unknown key": ("run {inputs}/typo.toml --set pipeline.output_dir={out}/run", "'epochs'"),
+    "bad override": (
+        "run {pipeline} --set training.epochs=abc --set pipeline.output_dir={out}/run",
+        "training.epochs",
+    ),
+    "predict missing input": (
+        "predict --model {model} --input {inputs}/nope.parquet --out {out}/p.parquet",
+        "does not exist",
+    ),
+    "predict without item_id": (
+        "predict --model {model} --input {inputs}/users_only.parquet --out {out}/p.parquet",
+        "item_id",
+    ),
+    "predict to txt": (
+        "predict --model {model} --input {inputs}/pairs.parquet --out {out}/p.txt",
+        ".parquet",
+    ),
+    "recommend k=0": ("recommend --model {model} --user 90 -k 0 --out {out}/r.parquet", "-k"),
+    "recommend non-numeric user": (
+        "recommend --model {model} --user abc -k 5 --out {out}/r.parquet",
+        "Int64",
+    ),
+    "unknown model uri": (
+        "predict --model runs:/0123456789abcdef/recommender --input {inputs}/pairs.parquet "
+        "--out {out}/p.parquet",
+        "0123456789abcdef",
+    ),
+    "not a bundle": ("recommend --model {inputs} --user 90 --out {out}/r.parquet", "bundle"),
+    "evaluate without pipeline or model": (
+        "evaluate --input {inputs}/pairs.parquet --out {out}/report.json",
+        "--model",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(smoke: Smoke, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("bad-inputs")
+    text = smoke.pipeline.read_text()
+    assert "\nepochs = 3\n" in text
+    (folder / "typo.toml").write_text(text.replace("\nepochs = 3\n", "\nepoch = 3\n"))
+    pl.DataFrame({"user_id": [90, 18]}).write_parquet(folder / "users_only.parquet")
+    pl.DataFrame({"user_id": [90, 18], "item_id": [13, 37]}).write_parquet(folder / "pairs.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_paragraph_and_exit_2(
+    case: str, smoke: Smoke, bad_inputs: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    template, phrase = BAD_CASES[case]
+    places = {"inputs": bad_inputs, "out": out, "model": smoke.bundle, "pipeline": smoke.pipeline}
+    argv = [word.format(**places) for word in template.split()]
+    before = _files(bad_inputs)
+    code, stdout, stderr = cli(*argv)
+    assert code == 2, stderr
+    message = stderr.strip()
+    assert message.startswith("recsys-mtl: error:"), stderr
+    assert "\n" not in message, stderr
+    assert "Fix:" in message
+    assert phrase in message
+    assert "Traceback" not in stderr
+    assert stdout == ""
+    assert not out.exists(), f"{case} wrote {sorted(_files(out))}"
+    assert _files(bad_inputs) == before
+
+
+def test_console_script_reports_bad_config_without_traceback(
+    smoke: Smoke, bad_inputs: Path, tmp_path: Path
+) -> None:
+    script = Path(sys.executable).with_name("recsys-mtl")
+    assert script.is_file()
+    output = tmp_path / "out"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": smoke.tracking_uri}
+    done = subprocess.run(
+        [script, "run", bad_inputs / "typo.toml", "--set", f"pipeline.output_dir={output}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("recsys-mtl: error: unknown setting 'epoch'")
+    assert "did you mean 'epochs'?" in done.stderr
+    assert not output.exists()

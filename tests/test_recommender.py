@@ -1,0 +1,277 @@
+"""The recommender bundle: FAISS retrieval equals brute force over the click logits, fusion
+re-ranking, unknown ids, persistence with integrity checks, and predict()."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from polars.testing import assert_frame_equal
+
+from recsys_mtl.config import PipelineConfig, config_from_dict
+from recsys_mtl.errors import RecsysError
+from recsys_mtl.features.pipeline import FeatureSet
+from recsys_mtl.features.vocab import FIRST
+from recsys_mtl.pipeline import Paths, features_stage, index_stage, train_stage
+from recsys_mtl.recommender import Recommender, csr_rows
+from recsys_mtl.training.tensors import TensorData, predict_arrays
+
+K = 8
+CLICK_ONLY = {"click": 1.0, "purchase": 0.0, "rating": 0.0}
+HEAD_COLUMNS = ["p_click", "p_purchase", "rating_pred"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[PipelineConfig, FeatureSet, Recommender]:
+    root = tmp_path_factory.mktemp("recommender")
+    config = config_from_dict(
+        {
+            "pipeline": {"output_dir": str(root / "run"), "seed": 5},
+            "source": {"synthetic": {"n_users": 120, "n_items": 60, "impressions_per_user": 40}},
+            "model": {"embedding_dim": 8, "hidden_dims": [16], "output_dim": 8},
+            "training": {"epochs": 3, "batch_size": 256, "learning_rate": 0.01, "progress": False},
+            "retrieval": {"index": "Flat", "candidates": 20},
+            "tracking": {"enabled": False},
+        }
+    )
+    features = features_stage(config)
+    recommender, _ = train_stage(config, features)
+    index_stage(config, recommender)
+    return config, features, recommender
+
+
+@pytest.fixture(scope="module")
+def some_users(trained) -> list[int]:
+    _, features, _ = trained
+    return features.test["user_id"].unique(maintain_order=True).head(15).to_list()
+
+
+def _seen(features: FeatureSet) -> dict[int, set[int]]:
+    """Raw user id -> raw item ids clicked in train or validation (the reference)."""
+    rows = pl.concat([features.train, features.validation]).filter(pl.col("click") == 1)
+    out: dict[int, set[int]] = {}
+    for user, item in rows.select("user_id", "item_id").iter_rows():
+        out.setdefault(user, set()).add(item)
+    return out
+
+
+def _brute_force(
+    recommender: Recommender, features: FeatureSet, users: list[int], k: int
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Top-k item rows (item index - 2) per user by click logit, computed with torch from
+    the model, seen items excluded; ties go to the lower item index. Also the logits."""
+    model = recommender.model
+    user_idx = recommender.transform.users.ids.encode(pl.Series(users)).to_numpy()
+    with torch.no_grad():
+        logits = (
+            model.user_vectors(model.user_encoder(torch.from_numpy(user_idx.astype(np.int64))))
+            @ model.item_vectors(model.item_encoder(torch.arange(FIRST, recommender.n_items))).T
+        )
+    masked = logits.clone()
+    seen = _seen(features)
+    encode = recommender.transform.items.ids.encode
+    for row, user in enumerate(users):
+        items = encode(pl.Series(sorted(seen.get(user, set())), dtype=pl.Int64)).to_numpy()
+        masked[row, items[items >= FIRST] - FIRST] = float("-inf")
+    order = torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :k]
+    return order.numpy(), logits
+
+
+# ---------------------------------------------------------------------------- retrieval
+
+
+def test_faiss_candidates_equal_brute_force(trained, some_users) -> None:
+    _, features, recommender = trained
+    n = recommender.retrieval.candidates
+    expected, logits = _brute_force(recommender, features, some_users, n)
+    user_idx = recommender.transform.users.ids.encode(pl.Series(some_users)).to_numpy()
+    vectors = recommender.model.user_vectors(
+        recommender.model.user_encoder(torch.from_numpy(user_idx.astype(np.int64)))
+    )
+    indptr, seen = csr_rows(recommender.seen_indptr, recommender.seen_items, user_idx)
+    scores, found = recommender.index.search(
+        vectors.detach().numpy().astype(np.float32), n, indptr, seen - FIRST
+    )
+    assert logits.std() > 0.05  # a model that actually discriminates items
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_allclose(
+        scores, np.take_along_axis(logits.numpy(), expected, axis=1), atol=1e-5
+    )
+
+
+def test_click_only_fusion_returns_brute_force_top_k(trained, some_users) -> None:
+    _, features, recommender = trained
+    expected, _ = _brute_force(recommender, features, some_users, K)
+    out = recommender.recommend(some_users, k=K, fusion=CLICK_ONLY)
+    assert out.columns[:4] == ["user_id", "rank", "item_id", "score"]
+    assert out.height == K * len(some_users)
+    decode = recommender.transform.items.ids.decode
+    seen = _seen(features)
+    for row, user in enumerate(some_users):
+        mine = out.filter(pl.col("user_id") == user)
+        assert mine["rank"].to_list() == list(range(1, K + 1))
+        assert mine["item_id"].to_list() == decode(expected[row] + FIRST).to_list()
+        assert not set(mine["item_id"].to_list()) & seen.get(user, set())
+        np.testing.assert_allclose(mine["score"].to_numpy(), mine["p_click"].to_numpy(), rtol=1e-5)
+    assert any(seen.get(user) for user in some_users)  # exclusion was exercised
+
+
+def test_exclude_seen_false_may_return_seen_items(trained, some_users) -> None:
+    _, features, recommender = trained
+    out = recommender.recommend(some_users, k=K, fusion=CLICK_ONLY, exclude_seen=False)
+    seen = _seen(features)
+    assert any(
+        set(out.filter(pl.col("user_id") == u)["item_id"].to_list()) & seen.get(u, set())
+        for u in some_users
+    )
+
+
+def test_head_columns_equal_predict(trained, some_users) -> None:
+    _, _, recommender = trained
+    out = recommender.recommend(some_users, k=K)
+    predicted = recommender.predict(out.select("user_id", "item_id"))
+    assert predicted.columns == HEAD_COLUMNS
+    for column in HEAD_COLUMNS:
+        np.testing.assert_allclose(
+            out[column].to_numpy(), predicted[column].to_numpy(), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_predict_equals_the_training_path(trained) -> None:
+    config, features, recommender = trained
+    frame = features.test.head(200)
+    reference = predict_arrays(recommender.model, TensorData.from_frame(frame, config.tasks))
+    predicted = recommender.predict(frame.select("user_id", "item_id"))
+    for column in HEAD_COLUMNS:
+        np.testing.assert_allclose(
+            predicted[column].to_numpy(), reference[column], rtol=1e-5, atol=1e-6
+        )
+
+
+# ---------------------------------------------------------------------------- fusion
+
+
+def test_fusion_weights_per_request(trained, some_users) -> None:
+    _, _, recommender = trained
+    click_only = recommender.recommend(some_users, k=K, fusion=CLICK_ONLY)
+    both = recommender.recommend(some_users, k=K, fusion={"click": 1.0, "purchase": 1.0})
+    np.testing.assert_allclose(
+        both["score"].to_numpy(),
+        (both["p_click"] * both["p_purchase"]).to_numpy(),
+        rtol=1e-5,
+    )
+    purchase = recommender.recommend(some_users, k=K, fusion={"click": 0.0, "purchase": 1.0})
+    np.testing.assert_allclose(
+        purchase["score"].to_numpy(), purchase["p_purchase"].to_numpy(), rtol=1e-5
+    )
+    rating = recommender.recommend(
+        some_users, k=K, fusion={"click": 0.0, "purchase": 0.0, "rating": 1.0}
+    )
+    np.testing.assert_allclose(
+        rating["score"].to_numpy(), (rating["rating_pred"] / 5.0).to_numpy(), rtol=1e-5
+    )
+    for frame in (both, purchase, rating):
+        for user in some_users:
+            scores = frame.filter(pl.col("user_id") == user)["score"].to_numpy()
+            assert (np.diff(scores) <= 0).all()
+    # the weights change the order for some user
+    assert click_only["item_id"].to_list() != both["item_id"].to_list()
+    with pytest.raises(RecsysError, match="unknown tasks"):
+        recommender.recommend(some_users, k=K, fusion={"clicks": 1.0})
+
+
+# ---------------------------------------------------------------------------- unknown ids
+
+
+def test_unknown_user_is_served(trained, some_users) -> None:
+    _, _, recommender = trained
+    out = recommender.recommend([10**9, some_users[0]], k=5)
+    stranger = out.filter(pl.col("user_id") == 10**9)
+    assert stranger.height == 5
+    assert stranger["rank"].to_list() == [1, 2, 3, 4, 5]
+    assert stranger["item_id"].null_count() == 0
+    assert stranger["item_id"].n_unique() == 5
+    assert out.filter(pl.col("user_id") == some_users[0]).height == 5
+
+
+def test_unknown_items_get_finite_predictions(trained, some_users) -> None:
+    _, _, recommender = trained
+    frame = pl.DataFrame({"user_id": [some_users[0], 10**9], "item_id": [10**9, 10**9 + 1]})
+    predicted = recommender.predict(frame)
+    assert predicted.height == 2
+    for column in HEAD_COLUMNS:
+        assert np.isfinite(predicted[column].to_numpy()).all()
+    assert ((predicted["p_click"] > 0) & (predicted["p_click"] < 1)).all()
+
+
+def test_wrong_id_type_and_bad_k_are_errors(trained, some_users) -> None:
+    _, _, recommender = trained
+    with pytest.raises(RecsysError, match="user_id"):
+        recommender.recommend(["abc"], k=3)
+    with pytest.raises(RecsysError, match="user_id"):
+        recommender.predict(pl.DataFrame({"user_id": ["abc"], "item_id": [1]}))
+    with pytest.raises(RecsysError, match="item_id"):
+        recommender.predict(pl.DataFrame({"user_id": [some_users[0]], "item_id": ["x"]}))
+    with pytest.raises(RecsysError, match="column 'item_id' is missing"):
+        recommender.predict(pl.DataFrame({"user_id": [some_users[0]]}))
+    for k in (0, -3):
+        with pytest.raises(RecsysError, match="k must be positive"):
+            recommender.recommend(some_users[:2], k=k)
+
+
+# ---------------------------------------------------------------------------- persistence
+
+
+def test_save_load_round_trip(trained, some_users, tmp_path: Path) -> None:
+    config, features, recommender = trained
+    recommender.save(tmp_path / "bundle")
+    for folder in (tmp_path / "bundle", Paths(config.output_path).model):
+        loaded = Recommender.load(folder)
+        assert loaded.index is not None
+        frame = features.test.select("user_id", "item_id").head(100)
+        assert_frame_equal(loaded.predict(frame), recommender.predict(frame))
+        for fusion in (None, CLICK_ONLY):
+            assert_frame_equal(
+                loaded.recommend([*some_users, 10**9], k=K, fusion=fusion),
+                recommender.recommend([*some_users, 10**9], k=K, fusion=fusion),
+            )
+
+
+def test_corrupted_model_file_is_refused(trained, tmp_path: Path) -> None:
+    config, _, _ = trained
+    folder = tmp_path / "bundle"
+    shutil.copytree(Paths(config.output_path).model, folder)
+    path = folder / "model.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecsysError, match=r"model\.pt") as info:
+        Recommender.load(folder)
+    assert str(folder) in str(info.value)
+    with pytest.raises(RecsysError, match=r"no manifest\.json"):
+        Recommender.load(tmp_path / "nothing")
+
+
+# ---------------------------------------------------------------------------- predict inputs
+
+
+def test_predict_accepts_pandas_and_polars_and_keeps_order(trained) -> None:
+    _, features, recommender = trained
+    frame = features.test.select("user_id", "item_id").head(60)
+    expected = recommender.predict(frame)
+    assert expected.height == 60
+    assert expected["p_click"].n_unique() > 30  # rows really differ, so order is visible
+    permutation = np.random.default_rng(0).permutation(60)
+    shuffled = recommender.predict(frame[permutation])
+    assert_frame_equal(shuffled, expected[permutation])
+    assert_frame_equal(recommender.predict(frame.to_pandas()), expected)
+    assert_frame_equal(recommender.predict(frame.lazy()), expected)
+    assert_frame_equal(
+        recommender.predict(frame.to_pandas().iloc[permutation]), expected[permutation]
+    )
+    with pytest.raises(RecsysError, match="expected a polars or pandas DataFrame"):
+        recommender.predict([(1, 2)])
