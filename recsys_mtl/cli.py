@@ -127,9 +127,10 @@ def write_table(frame: pl.DataFrame, path_text: str) -> None:
 
 def _load_model(model: str) -> Any:
     from recsys_mtl.recommender import Recommender
-    from recsys_mtl.tracking import bundle_from_model_uri
+    from recsys_mtl.tracking import local_bundle
 
-    return Recommender.load(bundle_from_model_uri(model))
+    with local_bundle(model) as folder:
+        return Recommender.load(folder)  # reads everything into memory
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:

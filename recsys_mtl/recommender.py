@@ -193,7 +193,8 @@ class Recommender:
                 where=where,
                 fix="run `recsys-mtl index PIPELINE.toml` first",
             )
-        users = pl.Series("user_id", user_ids) if not isinstance(user_ids, pl.Series) else user_ids
+        users = user_ids if isinstance(user_ids, pl.Series) else pl.Series("user_id", user_ids)
+        users = self.transform.users.ids.cast(users.rename("user_id"), where)
         fusion = {**self.retrieval.fusion, **(fusion or {})}
         unknown = [name for name in fusion if name not in self.model.tasks]
         if unknown:

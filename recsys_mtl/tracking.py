@@ -7,11 +7,13 @@ use `MlflowTracker`: params once, metrics per epoch under `train/`, `val/`, `tes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -125,15 +127,22 @@ class MlflowTracker:
         return log_pyfunc_model(self._mlflow, bundle_dir, MODEL_NAME, registered_name)
 
 
-def bundle_from_model_uri(model: str) -> Path:
-    """A local bundle folder for MODEL: a bundle folder, an MLflow model folder, or an
-    MLflow model URI (runs:/..., models:/...), downloaded when remote."""
+@contextlib.contextmanager
+def local_bundle(model: str) -> Iterator[Path]:
+    """A local bundle folder for MODEL, for the duration of the `with` block.
+
+    MODEL is a bundle folder, an MLflow model folder, or an MLflow model URI
+    (runs:/..., models:/...); a remote model is downloaded to a temporary folder that
+    is removed afterwards.
+    """
     path = Path(model)
     if path.is_dir():
         if (path / "manifest.json").is_file():
-            return path
+            yield path
+            return
         if (path / "MLmodel").is_file():
-            return _bundle_inside_mlflow_model(path)
+            yield _bundle_inside_mlflow_model(path)
+            return
         raise RecsysError(
             f"'{model}' is neither a recommender bundle nor an MLflow model folder",
             fix="pass the model folder written by `recsys-mtl train` or an MLflow model URI",
@@ -148,15 +157,17 @@ def bundle_from_model_uri(model: str) -> Path:
     mlflow.set_tracking_uri(resolve_tracking_uri())
     target = Path(tempfile.mkdtemp(prefix="recsys-mtl-model-"))
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(target))
-    except Exception as exc:  # MLflow raises several types for a bad URI
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(target))
+        except Exception as exc:  # MLflow raises several types for a bad URI
+            raise RecsysError(
+                f"cannot load MLflow model '{model}': {str(exc).splitlines()[0]}",
+                fix="check the run id / model name and that MLFLOW_TRACKING_URI points at the "
+                "store it was logged to",
+            ) from None
+        yield _bundle_inside_mlflow_model(Path(local))
+    finally:
         shutil.rmtree(target, ignore_errors=True)
-        raise RecsysError(
-            f"cannot load MLflow model '{model}': {str(exc).splitlines()[0]}",
-            fix="check the run id / model name and that MLFLOW_TRACKING_URI points at the "
-            "store it was logged to",
-        ) from None
-    return _bundle_inside_mlflow_model(Path(local))
 
 
 def _bundle_inside_mlflow_model(folder: Path) -> Path:

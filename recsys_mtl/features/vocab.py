@@ -71,10 +71,20 @@ class Vocabulary:
         """`values` in the vocabulary's dtype, or a RecsysError naming the mismatch."""
         if values.dtype == self.dtype:
             return values
+        if values.dtype.is_float() and self.dtype.is_integer():
+            fractional = values.filter(values.is_not_null() & (values != values.floor()))
+            if fractional.len():
+                raise RecsysError(
+                    f"'{self.name}' values such as {fractional.head(3).to_list()} are not whole "
+                    f"numbers but the vocabulary holds {self.dtype} ids",
+                    where=where,
+                    fix=f"pass integer {self.name} values",
+                )
         try:
             return values.cast(self.dtype, strict=True)
         except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError):
-            bad = values.head(3).to_list()
+            lenient = values.cast(self.dtype, strict=False)
+            bad = values.filter(lenient.is_null() & values.is_not_null()).head(3).to_list()
             raise RecsysError(
                 f"'{self.name}' values such as {bad} are {values.dtype} but the vocabulary holds "
                 f"{self.dtype} ids",
