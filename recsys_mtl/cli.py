@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from recsys_mtl.atomic import atomic_path
 from recsys_mtl.errors import RecsysError
 
 STAGES = ("features", "train", "index", "evaluate")
@@ -114,15 +113,8 @@ def write_table(frame: pl.DataFrame, path_text: str) -> None:
     path = Path(path_text)
     if path.suffix not in (".parquet", ".csv"):
         raise RecsysError(f"output '{path}' must end in .parquet or .csv", fix="rename it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         frame.write_parquet(tmp) if path.suffix == ".parquet" else frame.write_csv(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _load_model(model: str) -> Any:
@@ -247,7 +239,7 @@ def cmd_evaluate_file(args: argparse.Namespace) -> None:
     )
     _print_metrics(metrics)
     if args.out:
-        from recsys_mtl.tracking import write_json_atomic
+        from recsys_mtl.atomic import write_json_atomic
 
         write_json_atomic(
             {"input": args.input, "model": args.model, "metrics": metrics}, Path(args.out)

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from recsys_mtl.atomic import write_json_atomic
 from recsys_mtl.config import PipelineConfig
 from recsys_mtl.data.sources import load_dataset
 from recsys_mtl.errors import RecsysError
@@ -31,7 +32,7 @@ from recsys_mtl.model.multitask import build_model
 from recsys_mtl.model.sharing import SHARING
 from recsys_mtl.objectives.weighting import WEIGHTING
 from recsys_mtl.recommender import Recommender
-from recsys_mtl.tracking import NoopTracker, Tracker, write_json_atomic
+from recsys_mtl.tracking import NoopTracker, Tracker
 from recsys_mtl.training.tensors import TensorData, predict_arrays
 from recsys_mtl.training.trainer import Trainer, TrainingResult
 

@@ -8,7 +8,6 @@ use `MlflowTracker`: params once, metrics per epoch under `train/`, `val/`, `tes
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -180,11 +179,3 @@ def _bundle_inside_mlflow_model(folder: Path) -> Path:
         f"MLflow model at '{folder}' holds no recsys-mtl bundle",
         fix="log models with `recsys-mtl run` (it stores the bundle as an artifact)",
     )
-
-
-def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    os.replace(tmp, path)

@@ -6,8 +6,6 @@ throw-away SQLite MLflow store); every test reuses that run.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -21,10 +19,10 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from cli_runner import cli
 from polars.testing import assert_frame_equal
 
 import mlflow
-from recsys_mtl.cli import main
 from recsys_mtl.recommender import Recommender
 
 pytestmark = pytest.mark.slow
@@ -32,14 +30,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "pipelines" / "smoke.toml"
 EPOCHS = 3  # training.epochs in smoke.toml; patience 3 cannot stop it earlier
-
-
-def cli(*args: object) -> tuple[int, str, str]:
-    """Run `recsys-mtl ARGS` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 @dataclass

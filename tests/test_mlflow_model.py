@@ -6,8 +6,6 @@ SQLite MLflow store); the logged model is loaded once with mlflow.pyfunc.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,25 +15,17 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pytest
+from cli_runner import cli
 from mlflow.entities import ViewType
 from mlflow.types import DataType
 
 import mlflow
-from recsys_mtl.cli import main
 from recsys_mtl.recommender import Recommender
 
 pytestmark = pytest.mark.slow
 
 SMOKE = Path(__file__).resolve().parents[1] / "pipelines" / "smoke.toml"
 UNKNOWN_USER = 987654
-
-
-def cli(*args: object) -> tuple[int, str, str]:
-    """Run `recsys-mtl ARGS` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 @dataclass

@@ -9,15 +9,14 @@ reference with the same rule.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from recsys_mtl.atomic import atomic_path
 from recsys_mtl.errors import RecsysError
 
 QUERY_CHUNK = 4096
@@ -456,14 +455,5 @@ def _meta_path(path: Path) -> Path:
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary file next to `path`, then rename it to `path`."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        with tmp.open("rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from recsys_mtl.atomic import atomic_path
 from recsys_mtl.config import TaskConfig, TrainingSection
 from recsys_mtl.evaluation.evaluate import metric_is_better, pointwise_metrics
 from recsys_mtl.model.multitask import MultiTaskModel
@@ -32,15 +31,8 @@ class TrainingResult:
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary file beside `path`, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class Trainer:
