@@ -29,7 +29,10 @@ movielens-100k: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/recsys-mtl run pipelines/movielens-100k.toml
 
 constraints: $(STAMP)
-	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu//' > constraints.txt
+	{ echo '# Tested versions. torch is pinned to the local CPU wheel (2.13.0); an unpinned'; \
+	  echo '# torch would pull several GB of CUDA packages. Regenerate with: make constraints'; \
+	  $(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu//'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 clean:
 	rm -rf data/processed mlflow/mlflow.db mlflow/artifacts
