@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from recsys_mtl.atomic import atomic_path
+from recsys_mtl.data.impressions import read_table
 from recsys_mtl.errors import RecsysError
 
 STAGES = ("features", "train", "index", "evaluate")
@@ -86,26 +87,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def read_table(path_text: str, what: str) -> pl.DataFrame:
-    """A Parquet or CSV file as a polars frame, or a RecsysError naming the problem."""
-    path = Path(path_text)
-    if not path.is_file():
-        raise RecsysError(f"{what} file '{path}' does not exist", fix="check the path")
-    try:
-        if path.suffix == ".parquet":
-            return pl.read_parquet(path)
-        if path.suffix == ".csv":
-            return pl.read_csv(path)
-    except Exception as exc:  # polars raises several error types for unreadable files
-        raise RecsysError(
-            f"cannot read {what} file '{path}': {str(exc).splitlines()[0]}",
-            fix="pass a valid Parquet or CSV file",
-        ) from None
-    raise RecsysError(
-        f"{what} file '{path}' is neither .parquet nor .csv", fix="convert it to Parquet or CSV"
-    )
 
 
 def write_table(frame: pl.DataFrame, path_text: str) -> None:
@@ -226,7 +207,7 @@ def cmd_evaluate_file(args: argparse.Namespace) -> None:
             "`recsys-mtl evaluate --model MODEL --input FILE.parquet`",
         )
     recommender = _load_model(args.model)
-    frame = validate_impressions(read_table(args.input, "labelled impressions"), args.input)
+    frame = validate_impressions(read_table(args.input, "--input"), args.input)
     encoded = recommender.transform.encode_pairs(frame, args.input)
     tasks = {n: t for n, t in recommender.model.tasks.items() if t.label in frame.columns}
     data = TensorData.from_frame(encoded, tasks)
@@ -248,7 +229,7 @@ def cmd_evaluate_file(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     recommender = _load_model(args.model)
-    frame = read_table(args.input, "impressions")
+    frame = read_table(args.input, "--input")
     scores = recommender.predict(frame, args.input)
     keep = [c for c in ("user_id", "item_id") if c in frame.columns]
     write_table(pl.concat([frame.select(keep), scores], how="horizontal"), args.out)
@@ -260,7 +241,7 @@ def _user_ids(args: argparse.Namespace) -> pl.Series:
         return pl.Series("user_id", args.user)
     path = Path(args.users)
     if path.suffix in (".parquet", ".csv"):
-        table = read_table(args.users, "users")
+        table = read_table(args.users, "--users")
         if "user_id" not in table.columns:
             raise RecsysError(f"'{path}' has no user_id column", fix="name the column user_id")
         return table["user_id"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
+from pathlib import Path
 
 from recsys_mtl.cli import main
 
@@ -14,3 +16,20 @@ def cli(*args: object) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(a) for a in args])
     return code, out.getvalue(), err.getvalue()
+
+
+def run_smoke(root: Path, smoke_toml: Path) -> tuple[Path, Path, str, str, str]:
+    """Copy the smoke pipeline into `root` and run it through the CLI.
+
+    The caller sets MLFLOW_TRACKING_URI and the working directory. Returns
+    (pipeline file, output folder, MLflow run id, MLflow model URI, stdout).
+    """
+    pipeline = root / "smoke.toml"
+    pipeline.write_text(smoke_toml.read_text())
+    output = root / "smoke"
+    code, stdout, stderr = cli("run", pipeline, "--set", f"pipeline.output_dir={output}")
+    assert code == 0, stderr
+    run_id = re.search(r"MLflow run id: (\w+)", stdout)
+    model_uri = re.search(r"MLflow model: (\S+)", stdout)
+    assert run_id and model_uri, stdout
+    return pipeline, output, run_id.group(1), model_uri.group(1), stdout

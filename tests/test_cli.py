@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from cli_runner import cli
+from cli_runner import cli, run_smoke
 from polars.testing import assert_frame_equal
 
 import mlflow
@@ -62,14 +61,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         mp.chdir(root)  # anything written relative to the working directory stays here
-        pipeline = root / "smoke.toml"
-        pipeline.write_text(SMOKE.read_text())
-        output = root / "smoke"
-        code, stdout, stderr = cli("run", pipeline, "--set", f"pipeline.output_dir={output}")
-        assert code == 0, stderr
-        run_id = re.search(r"MLflow run id: (\w+)", stdout)
-        model_uri = re.search(r"MLflow model: (\S+)", stdout)
-        assert run_id and model_uri, stdout
+        pipeline, output, run_id, model_uri, stdout = run_smoke(root, SMOKE)
         mlflow.set_tracking_uri(tracking_uri)
         yield Smoke(
             root,
@@ -77,9 +69,9 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
             output,
             tracking_uri,
             stdout,
-            code,
-            run_id.group(1),
-            model_uri.group(1),
+            0,  # run_smoke asserts the exit code
+            run_id,
+            model_uri,
         )
 
 

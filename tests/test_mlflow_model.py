@@ -6,7 +6,6 @@ SQLite MLflow store); the logged model is loaded once with mlflow.pyfunc.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pytest
-from cli_runner import cli
+from cli_runner import cli, run_smoke
 from mlflow.entities import ViewType
 from mlflow.types import DataType
 
@@ -44,16 +43,9 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         mp.chdir(root)
-        pipeline = root / "smoke.toml"
-        pipeline.write_text(SMOKE.read_text())
-        output = root / "smoke"
-        code, stdout, stderr = cli("run", pipeline, "--set", f"pipeline.output_dir={output}")
-        assert code == 0, stderr
-        run_id = re.search(r"MLflow run id: (\w+)", stdout)
-        model_uri = re.search(r"MLflow model: (\S+)", stdout)
-        assert run_id and model_uri, stdout
+        pipeline, output, run_id, model_uri, _ = run_smoke(root, SMOKE)
         mlflow.set_tracking_uri(tracking_uri)
-        yield Logged(root, pipeline, output, run_id.group(1), model_uri.group(1))
+        yield Logged(root, pipeline, output, run_id, model_uri)
 
 
 @pytest.fixture(scope="module")
