@@ -83,19 +83,113 @@ class SourceSection:
     impressions: ImpressionsSource = _doc("Your own impressions files.", factory=ImpressionsSource)
 
 
+FEATURE_KINDS = ("categorical", "list", "numeric", "drop")
+NUMERIC_TRANSFORMS = ("standardize", "quantile")
+TIME_FEATURES = ("hour", "weekday", "recency")
+
+
+@dataclass
+class FeatureDecl:
+    """How one side-table or context column becomes a model input."""
+
+    kind: str = _doc(
+        "'categorical' (vocabulary or hashing), 'list' (pooled embedding bag), 'numeric' "
+        "or 'drop' (ignore the column).",
+        "categorical",
+    )
+    min_count: int = _doc(
+        "Values seen fewer times in training map to the unknown slot (0: features.min_count).", 0
+    )
+    hash_buckets: int = _doc(
+        "When > 0, hash values into this many buckets instead of fitting a vocabulary "
+        "(very large cardinalities).",
+        0,
+    )
+    transform: str = _doc(
+        "Numeric only: 'standardize' (mean/std of training rows) or 'quantile' (bucket "
+        "edges at training quantiles, embedded like a category).",
+        "standardize",
+    )
+    buckets: int = _doc("Numeric 'quantile' only: number of buckets.", 10)
+    max_length: int = _doc(
+        "List only: truncate to this many values (0: features.max_list_length).", 0
+    )
+
+
 @dataclass
 class FeaturesSection:
-    validation_fraction: float = _doc(
-        "Fraction of each user's most recent events (before test) held out for validation.", 0.1
+    split: str = _doc(
+        "'per_user_temporal' (each user's latest events are held out), 'global_time' (one "
+        "cut in time) or 'random' (for comparison with published random-split results).",
+        "per_user_temporal",
     )
-    test_fraction: float = _doc(
-        "Fraction of each user's most recent events held out for test.", 0.2
+    validation_fraction: float = _doc(
+        "Fraction of events (per user, or overall for global_time/random) for validation.", 0.1
+    )
+    test_fraction: float = _doc("Fraction of events held out for test.", 0.2)
+    validation_last_n: int = _doc(
+        "per_user_temporal only: when > 0, exactly each user's last N events before test.", 0
+    )
+    test_last_n: int = _doc(
+        "per_user_temporal only: when > 0, exactly each user's last N events are test.", 0
+    )
+    negative_sampler: str = _doc(
+        "Negatives for positive-only sources: 'uniform' or 'popularity' (count^exponent).",
+        "uniform",
     )
     negatives_per_positive: int = _doc(
         "Sampled negatives per positive, for positive-only sources.", 4
     )
-    min_count: int = _doc("Ids seen fewer times in training map to the unknown slot.", 1)
+    popularity_exponent: float = _doc(
+        "Exponent of the popularity sampler (0 = uniform over seen items, 1 = proportional).",
+        0.75,
+    )
+    duplicates: str = _doc(
+        "Rows repeating (user_id, item_id, timestamp): 'keep', 'drop' (keep the first) or 'error'.",
+        "keep",
+    )
+    rating_scale: list[float] = _doc(
+        "[lowest, highest] valid rating; ratings outside it are an error. [] for no check.",
+        factory=list,
+    )
+    missing_side_rows: str = _doc(
+        "Ids of the impressions missing from a side table: 'error' or 'unknown' (they get "
+        "unknown features).",
+        "error",
+    )
+    min_count: int = _doc("Ids and values seen fewer times in training map to unknown.", 1)
     max_list_length: int = _doc("List features (e.g. genres) are truncated to this length.", 8)
+    infer: bool = _doc(
+        "Infer features for undeclared columns: strings -> categorical, lists -> list, "
+        "numbers -> numeric (standardised).",
+        True,
+    )
+    user: dict[str, FeatureDecl] = _doc(
+        "Declared user-table features by column name.", factory=dict
+    )
+    item: dict[str, FeatureDecl] = _doc(
+        "Declared item-table features by column name.", factory=dict
+    )
+    context: dict[str, FeatureDecl] = _doc(
+        "Declared context features: extra columns of the impressions table.", factory=dict
+    )
+    time: list[str] = _doc(
+        "Time features: 'hour' and 'weekday' of the impression (UTC, context), 'recency' "
+        "(log-bucketed time since the user's and the item's previous event).",
+        factory=lambda: list(TIME_FEATURES),
+    )
+    history: bool = _doc(
+        "Per-user and per-item counts and rates (impressions, clicks, click rate, purchase "
+        "rate, mean rating) from events strictly earlier than each row.",
+        True,
+    )
+    recent_items: int = _doc(
+        "The user's last N clicked items before each row, pooled in the model (0: off).", 10
+    )
+    history_prior: float = _doc(
+        "Strength (in events) of the global-mean prior that smooths history rates.", 5.0
+    )
+    shard_rows: int = _doc("Rows per output Parquet shard.", 2_000_000)
 
 
 @dataclass
@@ -364,6 +458,7 @@ def validate(config: PipelineConfig) -> None:
             "validation_fraction + test_fraction leaves almost nothing to train on",
             fix="keep their sum below 0.9",
         )
+    _validate_features(f)
     if config.source.kind not in ("synthetic", "movielens", "impressions"):
         close = difflib.get_close_matches(
             config.source.kind, ["synthetic", "movielens", "impressions"], n=1
@@ -419,3 +514,65 @@ def validate(config: PipelineConfig) -> None:
             raise RecsysError(f"{name} must be positive, got {value}", fix=f"set {name} >= 1")
     if any(k <= 0 for k in config.evaluation.k):
         raise RecsysError("evaluation.k values must be positive", fix="use e.g. k = [10, 20]")
+
+
+def _one_of(setting: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(value, allowed, n=1)
+        raise RecsysError(
+            f"unknown {setting} '{value}'",
+            fix=f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(allowed)}",
+        )
+
+
+def _validate_features(f: FeaturesSection) -> None:
+    _one_of("features.split", f.split, ("per_user_temporal", "global_time", "random"))
+    _one_of("features.negative_sampler", f.negative_sampler, ("uniform", "popularity"))
+    _one_of("features.duplicates", f.duplicates, ("keep", "drop", "error"))
+    _one_of("features.missing_side_rows", f.missing_side_rows, ("error", "unknown"))
+    if f.split != "per_user_temporal" and (f.validation_last_n or f.test_last_n):
+        raise RecsysError(
+            f"validation_last_n/test_last_n apply to the per_user_temporal split, not '{f.split}'",
+            fix="remove them or use split = 'per_user_temporal'",
+        )
+    if f.rating_scale and (len(f.rating_scale) != 2 or f.rating_scale[0] >= f.rating_scale[1]):
+        raise RecsysError(
+            f"features.rating_scale must be [lowest, highest], got {f.rating_scale}",
+            fix="write e.g. rating_scale = [1, 5], or [] for no check",
+        )
+    for name in f.time:
+        _one_of("features.time entry", name, TIME_FEATURES)
+    for setting, value in [
+        ("features.negatives_per_positive", f.negatives_per_positive),
+        ("features.recent_items", f.recent_items),
+        ("features.validation_last_n", f.validation_last_n),
+        ("features.test_last_n", f.test_last_n),
+    ]:
+        if value < 0:
+            raise RecsysError(f"{setting} must be >= 0, got {value}", fix=f"set {setting} >= 0")
+    for setting, number in [
+        ("features.shard_rows", f.shard_rows),
+        ("features.min_count", f.min_count),
+        ("features.max_list_length", f.max_list_length),
+    ]:
+        if number <= 0:
+            raise RecsysError(
+                f"{setting} must be positive, got {number}", fix=f"set {setting} >= 1"
+            )
+    if f.popularity_exponent < 0 or f.history_prior < 0:
+        raise RecsysError(
+            "features.popularity_exponent and features.history_prior must be >= 0",
+            fix="use e.g. popularity_exponent = 0.75, history_prior = 5",
+        )
+    for side in ("user", "item", "context"):
+        for name, decl in getattr(f, side).items():
+            where = f"features.{side}.{name}"
+            _one_of(f"{where}.kind", decl.kind, FEATURE_KINDS)
+            _one_of(f"{where}.transform", decl.transform, NUMERIC_TRANSFORMS)
+            if decl.kind == "numeric" and decl.transform == "quantile" and decl.buckets < 2:
+                raise RecsysError(f"{where}.buckets must be >= 2", fix="use e.g. buckets = 10")
+            if decl.hash_buckets < 0 or decl.min_count < 0 or decl.max_length < 0:
+                raise RecsysError(
+                    f"{where}: hash_buckets, min_count and max_length must be >= 0",
+                    fix="use 0 for the defaults",
+                )

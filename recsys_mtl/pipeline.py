@@ -71,7 +71,7 @@ def features_stage(config: PipelineConfig, tracker: Tracker | None = None) -> Fe
     tracker = tracker or NoopTracker()
     start = time.perf_counter()
     features = build_features(load_dataset(config), config)
-    save_features(features, Paths(config.output_path).features)
+    save_features(features, Paths(config.output_path).features, config.features.shard_rows)
     tracker.log_dict(features.spec, "features/spec.json")
     tracker.log_metrics(
         {
@@ -97,8 +97,8 @@ def train_stage(
     _check_registered(config)
     torch.manual_seed(config.pipeline.seed)
     tasks = config.tasks
-    train = TensorData.from_frame(features.train, tasks)
-    validation = TensorData.from_frame(features.validation, tasks)
+    train = TensorData.from_frame(features.train, tasks, features.transform)
+    validation = TensorData.from_frame(features.validation, tasks, features.transform)
     model = build_model(features.transform, config.model, tasks, train.label_means())
     trainer = Trainer(
         model,
@@ -151,7 +151,7 @@ def evaluate_stage(
 ) -> dict[str, float]:
     """Test metrics of the model, plus the oracle (synthetic data) and popularity."""
     tasks = recommender.model.tasks
-    test = TensorData.from_frame(features.test, tasks)
+    test = TensorData.from_frame(features.test, tasks, recommender.transform)
     metrics = {
         f"test/{k}": v
         for k, v in pointwise_metrics(test, predict_arrays(recommender.model, test), tasks).items()

@@ -27,11 +27,12 @@ from recsys_mtl.config import ModelSection, RetrievalSection
 from recsys_mtl.data.schema import to_polars
 from recsys_mtl.errors import RecsysError
 from recsys_mtl.features.pipeline import replace_folder
-from recsys_mtl.features.transform import FeatureTransform, SideTransform
+from recsys_mtl.features.transform import FeatureTransform
 from recsys_mtl.features.vocab import FIRST, UNKNOWN
-from recsys_mtl.model.embeddings import SideInputs
+from recsys_mtl.model.embeddings import RowInputs, SideInputs
 from recsys_mtl.model.multitask import MultiTaskModel, model_from_metadata, model_metadata
 from recsys_mtl.retrieval.index import ItemIndex
+from recsys_mtl.training.tensors import row_inputs
 
 FORMAT_VERSION = 1
 CHUNK_USERS = 1024
@@ -76,6 +77,7 @@ class Recommender:
         self.seen_items = seen_items
         self.retrieval = retrieval
         self.index = index
+        self._item_rows: RowInputs | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -110,11 +112,30 @@ class Recommender:
     def n_items(self) -> int:
         return self.transform.items.ids.size
 
+    def item_rows(self) -> RowInputs:
+        """Row features (history, recency) of every item index 0..n_items-1 from the
+        serving state at its reference time; cached."""
+        if self._item_rows is None:
+            known = self.transform.items.ids.values
+            ids = pl.concat([pl.Series([None] * FIRST, dtype=known.dtype), known])
+            frame = self.transform.serving_rows(pl.DataFrame({"item_id": ids}), "item")
+            self._item_rows = row_inputs(frame, self.transform.items.spec.rows)
+        return self._item_rows
+
     @torch.no_grad()
     def item_vectors(self) -> np.ndarray:
         """(n_known_items, D + 1) float32; row r is the item with vocabulary index r + 2."""
-        items = self.model.item_encoder(torch.arange(FIRST, self.n_items))
+        idx = torch.arange(FIRST, self.n_items)
+        items = self.model.item_encoder(idx, self.item_rows().take(idx))
         return self.model.item_vectors(items).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def user_vectors(self, user_ids: pl.Series, where: str = "request") -> np.ndarray:
+        """(U, D + 1) float32 retrieval vectors of raw user ids (unknown ids served from
+        their side features and state, or as the unknown user)."""
+        inputs = self._side_inputs("user", pl.DataFrame({"user_id": user_ids}), where)
+        encoded = self.model.user_encoder.encode(inputs)
+        return self.model.user_vectors(encoded).numpy().astype(np.float32)
 
     def build_index(self, factory: str | None = None) -> ItemIndex:
         self.index = ItemIndex.build(self.item_vectors(), factory or self.retrieval.index)
@@ -122,23 +143,29 @@ class Recommender:
 
     # ------------------------------------------------------------------ inputs
 
-    def _side_inputs(
-        self, side: SideTransform, encoder: torch.nn.Module, raw_ids: pl.Series, where: str
-    ) -> SideInputs:
-        """Inputs for raw ids: known ids from the buffered tables; ids unknown to the
-        vocabulary but present in the side table get their own side features."""
+    def _side_inputs(self, side_name: str, frame: pl.DataFrame, where: str) -> SideInputs:
+        """Inputs for the raw ids in `frame[<side>_id]`. Table features: known ids from the
+        model's buffers; ids unknown to the vocabulary but present in the side table get
+        their own. Row features from the serving state, at `frame`'s timestamp when it
+        has one (else the state's reference time), with its context columns."""
+        side = self.transform.side(side_name)
+        encoder = self.model.user_encoder if side_name == "user" else self.model.item_encoder
+        raw_ids = side.ids.cast(frame[side.spec.key], where)
+        frame = frame.with_columns(raw_ids)
         idx = side.ids.encode(raw_ids, where).to_numpy().astype(np.int64)
-        inputs = encoder.lookup(torch.from_numpy(idx))
+        rows = row_inputs(self.transform.serving_rows(frame, side_name), side.spec.rows)
+        inputs = encoder.lookup(torch.from_numpy(idx), rows)
         cold = idx == UNKNOWN
         if side.table is not None and cold.any():
-            rows = pl.DataFrame(
-                {side.spec.key: side.ids.cast(raw_ids, where).filter(pl.Series(cold))}
+            cold_ids = pl.DataFrame({side.spec.key: raw_ids.filter(pl.Series(cold))})
+            cold_ids = cold_ids.join(
+                side.table, on=side.spec.key, how="left", maintain_order="left"
             )
-            rows = rows.join(side.table, on=side.spec.key, how="left", maintain_order="left")
-            arrays = side.encode_table(rows)
+            arrays = side.encode_table(cold_ids)
             where_cold = torch.from_numpy(np.flatnonzero(cold))
-            inputs.categorical[where_cold] = torch.from_numpy(arrays.categorical)
-            inputs.numeric[where_cold] = torch.from_numpy(arrays.numeric)
+            n_cat, n_num = arrays.categorical.shape[1], arrays.numeric.shape[1]
+            inputs.categorical[where_cold, :n_cat] = torch.from_numpy(arrays.categorical)
+            inputs.numeric[where_cold, :n_num] = torch.from_numpy(arrays.numeric)
             for name, values in arrays.lists.items():
                 inputs.lists[name][where_cold] = torch.from_numpy(values)
         return inputs
@@ -159,12 +186,8 @@ class Recommender:
         parts: list[dict[str, torch.Tensor]] = []
         for start in range(0, frame.height, 65536):
             chunk = frame.slice(start, 65536)
-            users = self._side_inputs(
-                self.transform.users, self.model.user_encoder, chunk["user_id"], where
-            )
-            items = self._side_inputs(
-                self.transform.items, self.model.item_encoder, chunk["item_id"], where
-            )
+            users = self._side_inputs("user", chunk, where)
+            items = self._side_inputs("item", chunk, where)
             parts.append(self.model.predictions(self.model.forward_inputs(users, items)))
         names = list(parts[0]) if parts else []
         return pl.DataFrame({n: torch.cat([p[n] for p in parts]).numpy() for n in names})
@@ -222,7 +245,7 @@ class Recommender:
         where: str,
     ) -> pl.DataFrame:
         model = self.model
-        inputs = self._side_inputs(self.transform.users, model.user_encoder, users, where)
+        inputs = self._side_inputs("user", pl.DataFrame({"user_id": users}), where)
         encoded_users = model.user_encoder.encode(inputs)
         user_vectors = model.user_vectors(encoded_users).numpy().astype(np.float32)
         if exclude_seen:
@@ -236,7 +259,8 @@ class Recommender:
         valid = torch.from_numpy(candidates >= 0)
         item_idx = torch.from_numpy(np.where(candidates >= 0, candidates + FIRST, UNKNOWN))
         pair_users = encoded_users.repeat_interleave(n_cand, dim=0)
-        pair_items = model.item_encoder(item_idx.reshape(-1))
+        flat_idx = item_idx.reshape(-1)
+        pair_items = model.item_encoder(flat_idx, self.item_rows().take(flat_idx))
         predictions = {
             name: values.reshape(n_users, n_cand)
             for name, values in model.predictions(

@@ -325,7 +325,7 @@ def test_positive_only_source_gets_sampled_negatives(dataset: Dataset) -> None:
     positives = dataset.impressions.filter(pl.col("click") == 1)
     data = Dataset(positives, dataset.users, dataset.items, positive_only=True, name="pos")
     built = build_features(data, _config(negatives_per_positive=3))
-    assert built.spec["negatives_per_positive"] == 3
+    assert built.spec["negatives"]["per_positive"] == 3
     known: dict[int, set[int]] = {}
     for name in ("train", "validation", "test"):
         frame = built.splits[name]
@@ -378,12 +378,15 @@ def test_save_load_features_round_trip(tmp_path: Path, features) -> None:
 def test_side_features_encoded_into_feature_table(dataset: Dataset, features) -> None:
     items = features.transform.items
     spec = items.spec
-    assert list(spec.categorical) == ["category"]
-    assert list(spec.lists) == ["tags"]
-    assert spec.numeric == ["price"]
+    assert [(c.name, c.kind) for c in spec.table] == [
+        ("category", "categorical"),
+        ("price", "numeric"),
+        ("tags", "list"),
+    ]
+    assert next(iter(spec.categorical)) == "category"  # table features come before row features
     table = items.feature_table()
     n = items.ids.size
-    assert table.lists["tags"].shape == (n, spec.max_list_length)
+    assert table.lists["tags"].shape == (n, 8)
     # reserved rows: unknown category, zero numerics, empty lists
     assert (table.lists["tags"][:FIRST] == PAD).all()
     assert (table.categorical[:FIRST] == UNKNOWN).all()
@@ -397,7 +400,7 @@ def test_side_features_encoded_into_feature_table(dataset: Dataset, features) ->
         row = dataset.items.filter(pl.col("item_id") == item_id).row(0, named=True)
         tags = tags_vocab.encode(pl.Series(row["tags"])).to_list()
         assert len(tags) == 2 and min(tags) >= FIRST
-        assert table.lists["tags"][index].tolist() == tags + [PAD] * (spec.max_list_length - 2)
+        assert table.lists["tags"][index].tolist() == tags + [PAD] * (8 - 2)
         assert (
             table.categorical[index, 0]
             == category_vocab.encode(pl.Series([row["category"]])).item()

@@ -19,6 +19,7 @@ from mlflow.entities import ViewType
 from mlflow.types import DataType
 
 import mlflow
+from recsys_mtl.data.impressions import read_table
 from recsys_mtl.recommender import Recommender
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def recommender(logged: Logged) -> Recommender:
 @pytest.fixture(scope="module")
 def users(logged: Logged) -> list[int]:
     """Three users of the test split and one the model has never seen."""
-    test = pl.read_parquet(logged.output / "features" / "test.parquet")
+    test = read_table(logged.output / "features" / "test")
     return [*test["user_id"].unique(maintain_order=True).head(3).to_list(), UNKNOWN_USER]
 
 
@@ -96,7 +97,7 @@ def test_pyfunc_answers_retrieval_queries_like_the_recommender_and_cli(
 def test_pyfunc_scores_user_item_pairs_like_recommender_predict(
     logged: Logged, pyfunc: Any, recommender: Recommender
 ) -> None:
-    test = pl.read_parquet(logged.output / "features" / "test.parquet")
+    test = read_table(logged.output / "features" / "test")
     pairs = pl.concat(
         [
             test.select("user_id", "item_id").head(40),

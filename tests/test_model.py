@@ -44,7 +44,7 @@ def small() -> tuple[PipelineConfig, FeatureSet]:
 def _fresh_model(small: tuple[PipelineConfig, FeatureSet], seed: int = 0) -> MultiTaskModel:
     config, features = small
     torch.manual_seed(seed)
-    train = TensorData.from_frame(features.train, config.tasks)
+    train = TensorData.from_frame(features.train, config.tasks, features.transform)
     return build_model(features.transform, SMALL_MODEL, config.tasks, train.label_means())
 
 
@@ -60,8 +60,8 @@ def _trained_model(small: tuple[PipelineConfig, FeatureSet]) -> MultiTaskModel:
         seed=1,
     )
     trainer.fit(
-        TensorData.from_frame(features.train, tasks),
-        TensorData.from_frame(features.validation, tasks),
+        TensorData.from_frame(features.train, tasks, features.transform),
+        TensorData.from_frame(features.validation, tasks, features.transform),
     )
     return model.eval()
 
@@ -72,24 +72,27 @@ def _trained_model(small: tuple[PipelineConfig, FeatureSet]) -> MultiTaskModel:
 @pytest.mark.parametrize("trained", [False, True], ids=["fresh", "trained"])
 def test_inner_product_of_exported_vectors_is_the_click_logit(small, trained: bool) -> None:
     model = _trained_model(small) if trained else _fresh_model(small).eval()
-    n_users = model.user_encoder.id_embedding.num_embeddings
-    n_items = model.item_encoder.id_embedding.num_embeddings
-    users, items = torch.arange(n_users), torch.arange(n_items)
+    config, features = small
+    data = TensorData.from_frame(features.train, config.tasks, features.transform).take(
+        slice(0, 60)
+    )  # real rows: ids with their history, context and time features
+    n_users = n_items = len(data)
     with torch.no_grad():
-        scores = (
-            model.user_vectors(model.user_encoder(users))
-            @ model.item_vectors(model.item_encoder(items)).T
-        )  # (U, I)
-        pair_users = users.repeat_interleave(n_items)
-        pair_items = items.repeat(n_users)
-        logits = model(pair_users, pair_items)["click"].reshape(n_users, n_items)
+        user_vectors = model.user_vectors(model.user_encoder(data.users, data.user_rows))
+        scores = user_vectors @ model.item_vectors(model.item_encoder(data.items, data.item_rows)).T
+        pair_users = torch.arange(n_users).repeat_interleave(n_items)
+        pair_items = torch.arange(n_items).repeat(n_users)
+        logits = model(
+            data.users[pair_users],
+            data.items[pair_items],
+            data.user_rows.take(pair_users),
+            data.item_rows.take(pair_items),
+        )["click"].reshape(n_users, n_items)
     assert scores.shape == (n_users, n_items)
     assert scores.std() > 0.01  # not a degenerate constant model
     torch.testing.assert_close(scores, logits, atol=1e-5, rtol=0)
     # the item bias is folded in: the last user coordinate is 1
-    with torch.no_grad():
-        last = model.user_vectors(model.user_encoder(users))[:, -1]
-    assert torch.equal(last, torch.ones(n_users))
+    assert torch.equal(user_vectors[:, -1], torch.ones(n_users))
 
 
 # ---------------------------------------------------------------------------- funnel
@@ -179,7 +182,7 @@ def test_task_without_any_label_has_zero_loss_and_finite_gradient(small) -> None
 def test_every_head_trains_the_shared_id_embeddings(small, task: str) -> None:
     config, features = small
     model = _fresh_model(small)
-    data = TensorData.from_frame(features.train, config.tasks)
+    data = TensorData.from_frame(features.train, config.tasks, features.transform)
     assert (~torch.isnan(data.labels["rating"])).sum() > 0
     outputs = model(data.users, data.items)
     losses = task_losses(outputs, model.log_probabilities(outputs), data.labels, config.tasks)

@@ -64,13 +64,10 @@ def _brute_force(
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Top-k item rows (item index - 2) per user by click logit, computed with torch from
     the model, seen items excluded; ties go to the lower item index. Also the logits."""
-    model = recommender.model
-    user_idx = recommender.transform.users.ids.encode(pl.Series(users)).to_numpy()
-    with torch.no_grad():
-        logits = (
-            model.user_vectors(model.user_encoder(torch.from_numpy(user_idx.astype(np.int64))))
-            @ model.item_vectors(model.item_encoder(torch.arange(FIRST, recommender.n_items))).T
-        )
+    logits = (
+        torch.from_numpy(recommender.user_vectors(pl.Series(users)))
+        @ torch.from_numpy(recommender.item_vectors()).T
+    )
     masked = logits.clone()
     seen = _seen(features)
     encode = recommender.transform.items.ids.encode
@@ -89,13 +86,9 @@ def test_faiss_candidates_equal_brute_force(trained, some_users) -> None:
     n = recommender.retrieval.candidates
     expected, logits = _brute_force(recommender, features, some_users, n)
     user_idx = recommender.transform.users.ids.encode(pl.Series(some_users)).to_numpy()
-    vectors = recommender.model.user_vectors(
-        recommender.model.user_encoder(torch.from_numpy(user_idx.astype(np.int64)))
-    )
+    vectors = recommender.user_vectors(pl.Series(some_users))
     indptr, seen = csr_rows(recommender.seen_indptr, recommender.seen_items, user_idx)
-    scores, found = recommender.index.search(
-        vectors.detach().numpy().astype(np.float32), n, indptr, seen - FIRST
-    )
+    scores, found = recommender.index.search(vectors, n, indptr, seen - FIRST)
     assert logits.std() > 0.05  # a model that actually discriminates items
     np.testing.assert_array_equal(found, expected)
     np.testing.assert_allclose(
@@ -143,9 +136,18 @@ def test_head_columns_equal_predict(trained, some_users) -> None:
 
 def test_predict_equals_the_training_path(trained) -> None:
     config, features, recommender = trained
-    frame = features.test.head(200)
-    reference = predict_arrays(recommender.model, TensorData.from_frame(frame, config.tasks))
-    predicted = recommender.predict(frame.select("user_id", "item_id"))
+    """predict() serves rows from the serving state; given the same row features, the
+    training path (TensorData -> model) gives the same numbers."""
+    transform = recommender.transform
+    frame = features.test.head(200).select("user_id", "item_id", "timestamp")
+    state = pl.concat(
+        [transform.serving_rows(frame, "user"), transform.serving_rows(frame, "item")],
+        how="horizontal",
+    )
+    encoded = transform.encode_pairs(pl.concat([frame, state], how="horizontal"))
+    data = TensorData.from_frame(encoded, config.tasks, transform)
+    reference = predict_arrays(recommender.model, data)
+    predicted = recommender.predict(frame)
     for column in HEAD_COLUMNS:
         np.testing.assert_allclose(
             predicted[column].to_numpy(), reference[column], rtol=1e-5, atol=1e-6

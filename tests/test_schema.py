@@ -10,7 +10,12 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from recsys_mtl.data.schema import to_polars, validate_impressions, validate_side_table
+from recsys_mtl.data.schema import (
+    check_side_coverage,
+    to_polars,
+    validate_impressions,
+    validate_side_table,
+)
 from recsys_mtl.errors import RecsysError
 
 T0 = 1_700_000_000
@@ -28,10 +33,10 @@ def base(**columns: Any) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
-def error_for(data: dict[str, Any] | pl.DataFrame) -> str:
+def error_for(data: dict[str, Any] | pl.DataFrame, **options: Any) -> str:
     frame = data if isinstance(data, pl.DataFrame) else pl.DataFrame(data, strict=False)
     with pytest.raises(RecsysError) as info:
-        validate_impressions(frame, "events.parquet")
+        validate_impressions(frame, "events.parquet", **options)
     message = str(info.value)
     assert "Fix:" in message
     assert "events.parquet" in message
@@ -125,7 +130,8 @@ def test_integer_timestamp_units_are_detected(scale: int) -> None:
 
 def test_empty_input() -> None:
     message = error_for(pl.DataFrame(base()).head(0))
-    assert "no rows" in message
+    assert "the impressions table has no rows" in message
+    assert "Fix: pass a table with at least one impression" in message
 
 
 def test_missing_column_suggests_a_close_name() -> None:
@@ -146,7 +152,8 @@ def test_missing_column_without_close_name() -> None:
 def test_click_of_wrong_dtype() -> None:
     message = error_for(base(click=["yes", "no", "yes"]))
     assert "column 'click' has dtype String" in message
-    assert "click='yes'" in message  # an example row
+    assert "row=0, user_id=1, item_id=10, click='yes'" in message  # an example row
+    assert "map it to 0/1 before loading" in message
 
 
 def test_id_of_wrong_dtype() -> None:
@@ -159,6 +166,7 @@ def test_null_ids() -> None:
     message = error_for(base(user_id=[1, None, 3]))
     assert "column 'user_id' has 1 null value(s)" in message
     assert "row=1, user_id=None, item_id=20" in message
+    assert "Fix: drop or fill the rows without a user_id" in message
 
 
 def test_null_timestamp() -> None:
@@ -175,13 +183,16 @@ def test_unparseable_text_timestamp() -> None:
 def test_mixed_timestamp_units() -> None:
     message = error_for(base(timestamp=[T0, T0 * 1000, T0 + 5]))
     assert "column 'timestamp' mixes units (s, ms)" in message
-    assert "row=0" in message and "row=1" in message
+    assert "row=0" in message and "row=1" in message and "row=2" not in message
+    assert "looks_like='ms'" in message
+    assert "convert every timestamp to the same unit" in message
 
 
 def test_click_outside_domain() -> None:
     message = error_for(base(click=[1, 2, 0]))
     assert "column 'click' has 1 value(s) outside {0, 1}" in message
     assert "row=1, user_id=2, item_id=20, click=2" in message
+    assert "make 'click' 1 for a positive, 0 for a negative" in message
 
 
 def test_null_click() -> None:
@@ -199,12 +210,47 @@ def test_purchase_without_click() -> None:
     message = error_for(base(purchase=[1, 1, 0]))
     assert "column 'purchase'" in message and "a purchase without a click" in message
     assert "row=1, user_id=2, item_id=20, click=0, purchase=1" in message
+    assert "row=0" not in message  # clicked and purchased is fine
+    assert "set click = 1 on purchased rows" in message
 
 
 def test_negative_and_nan_rating() -> None:
     message = error_for(base(rating=[4.0, -1.0, float("nan")]))
     assert "column 'rating' has 2 negative, NaN or infinite value(s)" in message
     assert "rating=-1.0" in message and "rating=nan" in message
+
+
+def test_rating_outside_declared_scale() -> None:
+    data = base(rating=[5.0, 0.5, None], click=[1, 1, 0])
+    message = error_for(data, rating_scale=(1, 5))
+    assert "column 'rating' has 1 value(s) outside the rating scale [1, 5]" in message
+    assert "row=1, user_id=2, item_id=20, rating=0.5" in message and "row=0" not in message
+    assert "set features.rating_scale = [lo, hi] to the scale your data uses" in message
+    # The bounds are inclusive, nulls are not rated, and no scale means no scale check.
+    inclusive = validate_impressions(pl.DataFrame(data), "t", rating_scale=(0.5, 5))
+    assert inclusive["rating"].to_list() == [5.0, 0.5, None]
+    assert validate_impressions(pl.DataFrame(data), "t")["rating"].to_list() == [5.0, 0.5, None]
+
+
+def test_declared_scale_may_include_negative_ratings() -> None:
+    data = pl.DataFrame(base(rating=[-1.0, 1.0, None]))
+    assert validate_impressions(data, "t", rating_scale=(-1, 1))["rating"].to_list() == [
+        -1.0, 1.0, None
+    ]  # fmt: skip
+    message = error_for(base(rating=[-1.0, float("nan"), None]), rating_scale=(-1, 1))
+    assert "column 'rating' has 1 NaN or infinite value(s)" in message and "row=1" in message
+
+
+def test_float32_rating_on_a_fractional_bound_is_inside() -> None:
+    data = pl.DataFrame(base(rating=pl.Series([0.1, 0.3, None], dtype=pl.Float32)))
+    out = validate_impressions(data, "t", rating_scale=(0.1, 0.3))  # no error
+    assert out.height == 3 and out["rating"].null_count() == 1
+
+
+@pytest.mark.parametrize("scale", [(5, 1), (1, 1), (1, float("inf")), (1,), ("low", "high")])
+def test_invalid_rating_scale(scale: Any) -> None:
+    message = error_for(base(), rating_scale=scale)
+    assert "features.rating_scale must be [lowest, highest]" in message
 
 
 def test_rating_of_wrong_dtype() -> None:
@@ -220,6 +266,63 @@ def test_examples_are_capped_at_three_rows() -> None:
     )
     message = error_for(data)
     assert message.count("row=") == 3
+
+
+# Rows 0 and 3 repeat (1, 10, T0); row 4 repeats row 2 (the same second in ms).
+DUPLICATED = base(
+    user_id=[1, 2, 3, 1, 3],
+    item_id=[10, 20, 30, 10, 30],
+    timestamp=[T0 * 1000, (T0 + 60) * 1000, (T0 + 120) * 1000, T0 * 1000, (T0 + 120) * 1000 + 999],
+    click=[1, 0, 1, 0, 1],
+    rating=[4.0, None, 3.0, None, 5.0],
+)
+
+
+def test_duplicates_keep_is_the_default() -> None:
+    frame = pl.DataFrame(DUPLICATED)
+    assert_frame_equal(
+        validate_impressions(frame, "t", duplicates="keep"), validate_impressions(frame, "t")
+    )
+    assert validate_impressions(frame, "t").height == 5
+
+
+def test_duplicates_drop_keeps_the_first_in_input_order() -> None:
+    out = validate_impressions(pl.DataFrame(DUPLICATED), "t", duplicates="drop")
+    assert out["user_id"].to_list() == [1, 2, 3]
+    assert out["timestamp"].to_list() == [T0, T0 + 60, T0 + 120]
+    assert out["click"].to_list() == [1, 0, 1]  # the first copy's labels, not the later ones
+    assert out["rating"].to_list() == [4.0, None, 3.0]
+
+
+def test_duplicates_drop_from_pandas_equals_polars() -> None:
+    data = {**DUPLICATED, "purchase": [1, None, 0, None, 1], "device": list("abcde")}
+    from_pandas = validate_impressions(pd.DataFrame(data), "t", duplicates="drop")
+    from_polars = validate_impressions(pl.DataFrame(data), "t", duplicates="drop")
+    assert_frame_equal(from_pandas, from_polars)
+    assert from_pandas["device"].to_list() == ["a", "b", "c"]
+
+
+def test_duplicates_error_shows_both_copies() -> None:
+    message = error_for(DUPLICATED, duplicates="error")
+    assert "2 row(s) repeat the (user_id, item_id, timestamp) of an earlier row" in message
+    assert (
+        f"row=0, user_id=1, item_id=10, timestamp={T0}, click=1; "
+        f"row=3, user_id=1, item_id=10, timestamp={T0}, click=0; "
+        f"row=2, user_id=3, item_id=30, timestamp={T0 + 120}, click=1"
+    ) in message
+    assert "set features.duplicates = 'drop' to keep the first of each, or 'keep'" in message
+
+
+def test_no_duplicates_pass_the_error_policy() -> None:
+    frame = pl.DataFrame(base())
+    assert_frame_equal(
+        validate_impressions(frame, "t", duplicates="error"), validate_impressions(frame, "t")
+    )
+
+
+def test_unknown_duplicates_policy() -> None:
+    message = error_for(base(), duplicates="first")
+    assert "features.duplicates must be one of 'keep', 'drop', 'error', got 'first'" in message
 
 
 def test_not_a_frame() -> None:
@@ -305,3 +408,56 @@ def test_side_table_unsupported_feature_dtype() -> None:
 def test_side_table_null_keys() -> None:
     message = side_error(pl.DataFrame({"item_id": [10, None], "price": [1.0, 2.0]}))
     assert "column 'item_id' has 1 null value(s)" in message
+
+
+def coverage_case() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Impressions of users 7, 1, 7, 9, 2, 8, 6 and a user table with only users 1, 2, 3."""
+    impressions = validate_impressions(
+        pl.DataFrame(
+            {
+                "user_id": [7, 1, 7, 9, 2, 8, 6],
+                "item_id": [10] * 7,
+                "timestamp": [T0 + i for i in range(7)],
+                "click": [1] * 7,
+            }
+        ),
+        "t",
+    )
+    users = validate_side_table(pl.DataFrame({"user_id": [1, 2, 3]}), "user_id", "u", impressions)
+    return impressions, users
+
+
+def test_side_table_missing_users_of_the_impressions() -> None:
+    impressions, users = coverage_case()
+    with pytest.raises(RecsysError) as info:
+        check_side_coverage(impressions, users, "user_id", "users.csv")
+    message = str(info.value)
+    assert "4 distinct user_id(s) of the impressions (5 impression row(s))" in message
+    assert "have no row in the side table, e.g. user_id=7; user_id=9; user_id=8 " in message
+    assert "(in users.csv)" in message
+    assert (
+        "Fix: add rows for them to the side table, or set features.missing_side_rows = "
+        "'unknown' to give them unknown features"
+    ) in message
+    full = pl.DataFrame({"user_id": [1, 2, 6, 7, 8, 9]})
+    check_side_coverage(impressions, full, "user_id", "users.csv")  # every user covered
+
+
+def test_side_table_missing_users_with_unknown_policy() -> None:
+    impressions, users = coverage_case()
+    assert check_side_coverage(impressions, users, "user_id", "u", policy="unknown") is None
+
+
+def test_side_coverage_with_string_ids() -> None:
+    impressions = validate_impressions(pl.DataFrame(base(item_id=["a", "b", "c"])), "t")
+    items = pl.DataFrame({"item_id": ["a", "c"]})
+    with pytest.raises(RecsysError, match=r"1 distinct item_id\(s\).*e\.g\. item_id='b'"):
+        check_side_coverage(impressions, items, "item_id", "items.csv", policy="error")
+
+
+def test_side_coverage_invalid_policy() -> None:
+    impressions, users = coverage_case()
+    with pytest.raises(RecsysError) as info:
+        check_side_coverage(impressions, users, "user_id", "u", policy="ignore")
+    message = str(info.value)
+    assert "features.missing_side_rows must be one of 'error', 'unknown', got 'ignore'" in message

@@ -215,7 +215,12 @@ def _binary(df: pl.DataFrame, column: str, where: str) -> pl.Expr:
     return pl.col(column).cast(pl.Int8)
 
 
-def _rating(df: pl.DataFrame, where: str) -> pl.Expr:
+def _rating(df: pl.DataFrame, where: str, scale: tuple[float, float] | None = None) -> pl.Expr:
+    """Expression giving `rating` as Float32 (nulls kept), or an error.
+
+    NaN and infinities are always an error; without a `scale` so are negative
+    ratings, with one every rating must lie in [lo, hi].
+    """
     dtype = df.schema["rating"]
     if dtype == pl.Null:
         return pl.col("rating").cast(pl.Float32)
@@ -228,28 +233,93 @@ def _rating(df: pl.DataFrame, where: str) -> pl.Expr:
             "convert ratings to numbers, e.g. pl.col('rating').cast(pl.Float32)",
         )
     value = pl.col("rating").cast(pl.Float64)
-    bad = value.is_nan() | value.is_infinite() | (value < 0)
+    bad = value.is_nan() | value.is_infinite()
+    if scale is None:
+        bad = bad | (value < 0)
     n = df.select(bad.sum()).item()
     if n:
         rows = _examples(df, bad, _context(df, "rating"))
+        kinds = "negative, NaN or infinite" if scale is None else "NaN or infinite"
         raise RecsysError(
-            f"column 'rating' has {n} negative, NaN or infinite value(s), e.g. {rows}",
+            f"column 'rating' has {n} {kinds} value(s), e.g. {rows}",
             where=where,
-            fix="use non-negative ratings and null (not NaN) for rows that were not rated",
+            fix=f"use {'non-negative' if scale is None else 'finite'} ratings and null "
+            "(not NaN) for rows that were not rated",
         )
+    if scale is not None:
+        lo, hi = scale
+        # Compare the Float32 values the table will hold, so a bound like 0.1 is not missed.
+        stored = pl.col("rating").cast(pl.Float32)
+        outside = (stored < pl.lit(lo, pl.Float32)) | (stored > pl.lit(hi, pl.Float32))
+        n = df.select(outside.sum()).item()
+        if n:
+            rows = _examples(df, outside, _context(df, "rating"))
+            raise RecsysError(
+                f"column 'rating' has {n} value(s) outside the rating scale [{lo:g}, {hi:g}], "
+                f"e.g. {rows}",
+                where=where,
+                fix=f"correct the ratings or set features.rating_scale = [lo, hi] to the scale "
+                f"your data uses (now [{lo:g}, {hi:g}])",
+            )
     return pl.col("rating").cast(pl.Float32)
+
+
+def _one_of(value: str, valid: tuple[str, ...], setting: str, where: str) -> None:
+    if value not in valid:
+        names = ", ".join(repr(v) for v in valid)
+        raise RecsysError(
+            f"{setting} must be one of {names}, got {value!r}",
+            where=where,
+            fix=f"set {setting} to one of {names}",
+        )
+
+
+def _rating_scale(scale: Any, where: str) -> tuple[float, float] | None:
+    """`scale` as a (lo, hi) pair of finite floats with lo < hi, or None for no check."""
+    if scale is None:
+        return None
+    try:
+        lo, hi = (float(bound) for bound in scale)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not lo < hi or float("inf") in (abs(lo), abs(hi)):
+        raise RecsysError(
+            f"features.rating_scale must be [lowest, highest], got {scale!r}",
+            where=where,
+            fix="give two finite numbers, lowest first, e.g. (1, 5); or None for no check",
+        )
+    return lo, hi
 
 
 # ------------------------------------------------------------------------ tables
 
 
-def validate_impressions(frame: Any, where: str) -> pl.DataFrame:
+#: A duplicate impression repeats these of an earlier row.
+DUPLICATE_KEY = ("user_id", "item_id", "timestamp")
+DUPLICATE_POLICIES = ("keep", "drop", "error")
+MISSING_SIDE_POLICIES = ("error", "unknown")
+
+
+def validate_impressions(
+    frame: Any,
+    where: str,
+    *,
+    duplicates: str = "keep",
+    rating_scale: tuple[float, float] | None = None,
+) -> pl.DataFrame:
     """Check `frame` against the impressions contract and return its canonical form.
 
     Output columns: user_id (Int64 or String), item_id (Int64 or String), timestamp
     (Int64 epoch seconds), click (Int8 0/1), purchase (Int8 0/1 or null), rating
     (Float32 or null), then every other column unchanged.
+
+    `duplicates` says what to do with rows repeating the (user_id, item_id, timestamp)
+    of an earlier row, compared after conversion (timestamps in seconds): 'keep' them,
+    'drop' them (the first of each group stays, input order kept) or raise an 'error'.
+    `rating_scale` = (lo, hi) makes any rating outside [lo, hi] an error.
     """
+    _one_of(duplicates, DUPLICATE_POLICIES, "features.duplicates", where)
+    scale = _rating_scale(rating_scale, where)
     df = to_polars(frame, where)
     if df.height == 0:
         raise RecsysError(
@@ -280,7 +350,7 @@ def validate_impressions(frame: Any, where: str) -> pl.DataFrame:
         _timestamp_seconds(df, where),
         _binary(df, "click", where),
         _binary(df, "purchase", where),
-        _rating(df, where),
+        _rating(df, where, scale),
     )
     orphan = (pl.col("purchase") == 1) & (pl.col("click") == 0)
     n = out.select(orphan.sum()).item()
@@ -292,8 +362,34 @@ def validate_impressions(frame: Any, where: str) -> pl.DataFrame:
             where=where,
             fix="set click = 1 on purchased rows (purchases follow clicks), or purchase = 0/null",
         )
+    out = _handle_duplicates(out, duplicates, where)
     canonical = [*ID_COLUMNS, "timestamp", "click", *OPTIONAL]
     return out.select(canonical + [c for c in out.columns if c not in canonical])
+
+
+def _handle_duplicates(out: pl.DataFrame, policy: str, where: str) -> pl.DataFrame:
+    """Apply the duplicates `policy` to a canonical impressions table."""
+    if policy == "keep":
+        return out
+    first = pl.struct(DUPLICATE_KEY).is_first_distinct()
+    if policy == "drop":
+        return out.filter(first)
+    n = out.select((~first).sum()).item()
+    if n:
+        copies = (
+            out.with_row_index("row")
+            .filter(pl.struct(DUPLICATE_KEY).is_duplicated())
+            .sort(DUPLICATE_KEY, maintain_order=True)
+        )
+        rows = example_rows(copies.select("row", *DUPLICATE_KEY, "click"))
+        raise RecsysError(
+            f"{n} row(s) repeat the (user_id, item_id, timestamp) of an earlier row "
+            f"(duplicate impressions; timestamps compared in seconds), e.g. {rows}",
+            where=where,
+            fix="set features.duplicates = 'drop' to keep the first of each, or 'keep' "
+            "if they are genuine repeated exposures",
+        )
+    return out
 
 
 def _feature(df: pl.DataFrame, column: str, where: str) -> pl.Expr:
@@ -327,7 +423,7 @@ def validate_side_table(
     `key` is 'user_id' or 'item_id'; it must be unique and of the same kind (integer
     or string) as in `impressions`. Features become String, Float32 (numbers and
     booleans) or List(String); `true_*` oracle columns are kept as they are. Ids in
-    `impressions` that the table lacks are fine: they get unknown features.
+    `impressions` that the table lacks are not checked here: see `check_side_coverage`.
     """
     if key not in ID_COLUMNS:
         raise ValueError(f"key must be one of {ID_COLUMNS}, got {key!r}")
@@ -336,13 +432,7 @@ def validate_side_table(
     _no_nulls(df, key, where, f"drop the rows without a {key}")
     key_expr = _id_column(df, key, where)
     if impressions is not None and key in impressions.columns:
-        theirs, ours = impressions.schema[key], df.select(key_expr).to_series().dtype
-        if (theirs == pl.String) != (ours == pl.String):
-            raise RecsysError(
-                f"column '{key}' is {ours} here but {theirs} in the impressions table",
-                where=where,
-                fix=f"use the same kind of {key} (integers or strings) in both tables",
-            )
+        _same_kind(df.select(key_expr).schema[key], impressions.schema[key], key, where)
     duplicated = pl.col(key).is_duplicated()
     n = df.select(duplicated.sum()).item()
     if n:
@@ -356,3 +446,43 @@ def validate_side_table(
     features = [c for c in df.columns if c != key and not c.startswith(ORACLE_PREFIX)]
     oracle = [c for c in df.columns if c.startswith(ORACLE_PREFIX)]
     return df.select(key_expr, *[_feature(df, c, where) for c in features], *oracle)
+
+
+def _same_kind(ours: pl.DataType, theirs: pl.DataType, key: str, where: str) -> None:
+    """Error unless the side table's `key` and the impressions' are both strings or both ints."""
+    if (theirs == pl.String) != (ours == pl.String):
+        raise RecsysError(
+            f"column '{key}' is {ours} here but {theirs} in the impressions table",
+            where=where,
+            fix=f"use the same kind of {key} (integers or strings) in both tables",
+        )
+
+
+def check_side_coverage(
+    impressions: pl.DataFrame, side: pl.DataFrame, key: str, where: str, *, policy: str = "error"
+) -> None:
+    """Check that the side table `side` has a row for every `key` of `impressions`.
+
+    Both tables in canonical form (`validate_impressions`, `validate_side_table`);
+    `where` names the side table. policy 'error' raises, naming how many ids are
+    missing and a few of them; 'unknown' accepts them (they get unknown features).
+    """
+    if key not in ID_COLUMNS:
+        raise ValueError(f"key must be one of {ID_COLUMNS}, got {key!r}")
+    _one_of(policy, MISSING_SIDE_POLICIES, "features.missing_side_rows", where)
+    if policy == "unknown":
+        return
+    _require(side, key, where, f"the {key.split('_')[0]} each row describes")
+    _same_kind(side.schema[key], impressions.schema[key], key, where)
+    missing = impressions.select(key).join(
+        side.select(key), on=key, how="anti", maintain_order="left"
+    )
+    if missing.height:
+        ids = missing.unique(maintain_order=True)
+        raise RecsysError(
+            f"{ids.height} distinct {key}(s) of the impressions ({missing.height} impression "
+            f"row(s)) have no row in the side table, e.g. {example_rows(ids)}",
+            where=where,
+            fix="add rows for them to the side table, or set features.missing_side_rows = "
+            "'unknown' to give them unknown features",
+        )

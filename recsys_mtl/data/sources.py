@@ -23,7 +23,7 @@ def _movielens(config: PipelineConfig) -> Dataset:
 def _impressions(config: PipelineConfig) -> Dataset:
     from recsys_mtl.data.impressions import load_impressions
 
-    return load_impressions(config.source.impressions)
+    return load_impressions(config.source.impressions, features=config.features)
 
 
 SOURCES: dict[str, Callable[[PipelineConfig], Dataset]] = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-import torch
 
 from recsys_mtl.config import TaskConfig
 from recsys_mtl.evaluation.metrics import auc, gauc, log_loss, mae, ranking_metrics, rmse
@@ -121,10 +120,7 @@ def ranking_evaluation(
     seen_indptr, seen_items = csr_rows(recommender.seen_indptr, recommender.seen_items, user_idx)
     rel_indptr, rel_items = interactions_csr(test, test_users)
     k_max = max(ks)
-    with torch.no_grad():
-        model = recommender.model.eval()
-        users = model.user_vectors(model.user_encoder(torch.from_numpy(user_idx)))
-    user_vectors = users.numpy().astype(np.float32)
+    user_vectors = recommender.user_vectors(test_users)
     rankers = {"": (ItemIndex.build(recommender.item_vectors(), "Flat"), user_vectors)}
     if item_popularity is not None:
         rankers["popularity/"] = (

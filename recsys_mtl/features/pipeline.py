@@ -1,7 +1,7 @@
 """The feature stage: split, fit the transform on training rows, sample negatives, write.
 
 Output folder (written under a temporary name, then renamed into place):
-  train.parquet, validation.parquet, test.parquet   one row per impression
+  train/, validation/, test/   one row per impression, as part-NNNNN.parquet shards
   transform/                                        vocabularies, side tables, specs
   spec.json                                         the feature spec (counts, split, tasks)
 """
@@ -17,12 +17,29 @@ from typing import Any
 
 import polars as pl
 
-from recsys_mtl.config import PipelineConfig
-from recsys_mtl.data.dataset import Dataset
+from recsys_mtl.config import FeaturesSection, PipelineConfig
+from recsys_mtl.data.dataset import ORACLE_PREFIX, Dataset
 from recsys_mtl.errors import RecsysError
+from recsys_mtl.features.history import (
+    RECENT_ITEMS,
+    HistoryTransform,
+    prior_aggregates,
+    recent_items,
+)
 from recsys_mtl.features.negatives import negatives_frame
-from recsys_mtl.features.split import SPLIT_NAMES, TRAIN, temporal_split
-from recsys_mtl.features.transform import FeatureTransform, SideTransform
+from recsys_mtl.features.split import SPLIT_NAMES, TRAIN, VALIDATION, assign_split
+from recsys_mtl.features.transform import (
+    RESERVED,
+    SIDES,
+    FeatureTransform,
+    RowSettings,
+    SideTransform,
+    check_declared,
+    concat_columns,
+    fit_columns,
+)
+
+LABELS = ("click", "purchase", "rating")
 
 SPLITS = tuple(SPLIT_NAMES.values())
 
@@ -50,35 +67,67 @@ class FeatureSet:
 
 
 def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
-    """Split per user in time, fit vocabularies on train rows, encode, sample negatives."""
+    """Split, fit every transform on training rows, sample negatives, add leak-free
+    history, context and time features; returns the encoded splits."""
     fc = config.features
-    impressions = temporal_split(dataset.impressions, fc.validation_fraction, fc.test_fraction)
+    impressions = assign_split(
+        dataset.impressions,
+        fc.split,
+        validation_fraction=fc.validation_fraction,
+        test_fraction=fc.test_fraction,
+        validation_last_n=fc.validation_last_n,
+        test_last_n=fc.test_last_n,
+        seed=config.pipeline.seed,
+    )
     train_rows = impressions.filter(pl.col("split") == TRAIN)
     if train_rows.height == 0:
         raise RecsysError(
             "the split left no training rows", where=dataset.name, fix="lower the test fraction"
         )
-    transform = FeatureTransform(
-        SideTransform.fit(
-            "user_id", train_rows["user_id"], dataset.users, fc.min_count, fc.max_list_length
-        ),
-        SideTransform.fit(
-            "item_id", train_rows["item_id"], dataset.items, fc.min_count, fc.max_list_length
-        ),
+    users = SideTransform.fit("user_id", train_rows["user_id"], dataset.users, fc.user, fc)
+    items = SideTransform.fit("item_id", train_rows["item_id"], dataset.items, fc.item, fc)
+    candidates = [
+        c for c in impressions.columns if c not in RESERVED and not c.startswith(ORACLE_PREFIX)
+    ]
+    check_declared(fc.context, candidates, "context columns of the impressions")
+    context, context_vocabularies = fit_columns(
+        train_rows, candidates, fc.context, fc, prefix="context_"
     )
-    encoded = transform.encode_pairs(impressions, dataset.name)
+    transform = FeatureTransform(
+        users,
+        items,
+        RowSettings(context, list(fc.time), False, fc.recent_items),
+        context_vocabularies,
+    )
+    events = transform.encode_pairs(impressions, dataset.name)
+    rows = events.with_columns(pl.lit(False).alias("sampled"))
     if dataset.positive_only:
         negatives = negatives_frame(
-            encoded.select("user_id", "user_idx", "item_idx", "timestamp", "split"),
-            n_items=transform.items.ids.size,
+            events.select(pl.exclude("item_id", "click", "purchase", "rating")),
+            n_items=items.ids.size,
             per_positive=fc.negatives_per_positive,
             seed=config.pipeline.seed,
+            sampler=fc.negative_sampler,
+            exponent=fc.popularity_exponent,
         )
         negatives = negatives.with_columns(
-            transform.items.ids.decode(negatives["item_idx"].to_numpy()).alias("item_id")
+            items.ids.decode(negatives["item_idx"].to_numpy()).alias("item_id"),
+            pl.lit(True).alias("sampled"),
         )
-        encoded = pl.concat([encoded, negatives], how="diagonal_relaxed")
-    encoded = encoded.sort(["user_idx", "timestamp", "item_idx"])
+        rows = pl.concat([rows, negatives], how="diagonal_relaxed")
+    rows = rows.sort("timestamp", maintain_order=True)
+    parts = [rows, transform.context_features(rows)]
+    if fc.history or fc.recent_items or "recency" in fc.time:
+        history, history_parts = _history_features(events, rows, dataset.positive_only, fc)
+        transform = FeatureTransform(
+            users,
+            items,
+            RowSettings(context, list(fc.time), True, fc.recent_items),
+            context_vocabularies,
+            history,
+        )
+        parts += history_parts
+    encoded = concat_columns(parts).sort("user_idx", "timestamp", "item_idx", maintain_order=True)
     splits = {
         name: encoded.filter(pl.col("split") == code).drop("split")
         for code, name in SPLIT_NAMES.items()
@@ -87,11 +136,17 @@ def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
         "source": dataset.name,
         "positive_only": dataset.positive_only,
         "split": {
-            "kind": "per_user_temporal",
+            "kind": fc.split,
             "validation_fraction": fc.validation_fraction,
             "test_fraction": fc.test_fraction,
+            "validation_last_n": fc.validation_last_n,
+            "test_last_n": fc.test_last_n,
         },
-        "negatives_per_positive": fc.negatives_per_positive if dataset.positive_only else 0,
+        "negatives": {
+            "sampler": fc.negative_sampler if dataset.positive_only else "none (real negatives)",
+            "per_positive": fc.negatives_per_positive if dataset.positive_only else 0,
+            "popularity_exponent": fc.popularity_exponent,
+        },
         "rows": {name: frame.height for name, frame in splits.items()},
         "positives": {name: int(frame["click"].sum()) for name, frame in splits.items()},
         "user": asdict(transform.users.spec),
@@ -101,13 +156,49 @@ def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
     return FeatureSet(splits, transform, spec)
 
 
-def save_features(features: FeatureSet, folder: Path) -> None:
-    """Write the feature set into `folder`, replacing it only once everything is written."""
+def _history_features(
+    events: pl.DataFrame, rows: pl.DataFrame, positive_only: bool, fc: FeaturesSection
+) -> tuple[HistoryTransform, list[pl.DataFrame]]:
+    """Leak-free history aggregates, recency and recent items of `rows` (sorted by time)."""
+    events = events.select("user_id", "item_id", "item_idx", "timestamp", "split", *LABELS)
+    history = HistoryTransform.fit(
+        events.filter(pl.col("split") == TRAIN),
+        events.filter(pl.col("split") <= VALIDATION),
+        positive_only=positive_only,
+        aggregates=fc.history,
+        prior=fc.history_prior,
+        n_recent=fc.recent_items,
+        recency="recency" in fc.time,
+    )
+    timestamp = rows["timestamp"]
+    train = rows["split"] == TRAIN
+    raw = {
+        side: prior_aggregates(events, rows, f"{side}_id").with_columns(timestamp) for side in SIDES
+    }
+    history.fit_scalers(raw["user"].filter(train), raw["item"].filter(train))
+    parts = [history.features(raw[side], side, pl.col("timestamp")) for side in SIDES]
+    if fc.recent_items:
+        recent = recent_items(events, rows, raw["user"]["clicks"].to_numpy(), fc.recent_items)
+        parts.append(
+            pl.DataFrame(
+                {RECENT_ITEMS: pl.Series(recent, dtype=pl.Array(pl.Int32, fc.recent_items))}
+            )
+        )
+    return history, parts
+
+
+def save_features(features: FeatureSet, folder: Path, shard_rows: int = 2_000_000) -> None:
+    """Write the feature set into `folder` (each split as `<split>/part-NNNNN.parquet`
+    shards of at most `shard_rows` rows), replacing it only once everything is written."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         for name, frame in features.splits.items():
-            frame.write_parquet(tmp / f"{name}.parquet")
+            (tmp / name).mkdir()
+            for shard, start in enumerate(range(0, max(frame.height, 1), shard_rows)):
+                frame.slice(start, shard_rows).write_parquet(
+                    tmp / name / f"part-{shard:05d}.parquet"
+                )
         features.transform.save(tmp / "transform")
         (tmp / "spec.json").write_text(json.dumps(features.spec, indent=2))
         replace_folder(tmp, folder)
@@ -131,6 +222,6 @@ def load_features(folder: Path) -> FeatureSet:
             f"no features in '{folder}'",
             fix="run `recsys-mtl features PIPELINE.toml` (or `recsys-mtl run`) first",
         )
-    splits = {name: pl.read_parquet(folder / f"{name}.parquet") for name in SPLITS}
+    splits = {name: pl.read_parquet(folder / name / "*.parquet") for name in SPLITS}
     spec = json.loads((folder / "spec.json").read_text())
     return FeatureSet(splits, FeatureTransform.load(folder / "transform"), spec)

@@ -1,7 +1,14 @@
-"""The fitted feature transform: id vocabularies and side-feature encodings.
+"""The fitted feature transform: vocabularies, side features, context, time and history.
 
 Fitted on training rows only, saved beside the model, and applied unchanged at
 evaluation and query time (DESIGN.md, 'Vocabularies').
+
+Each side (users, items) has two kinds of input:
+  table features   one value per id (user/item side tables), buffered in the model
+  row features     one value per impression: context columns and time of day (user
+                   side), history aggregates and recency (both sides), recent items
+                   (user side). In the feature frames they are encoded columns; at
+                   query time they come from the serving state.
 """
 
 from __future__ import annotations
@@ -13,9 +20,25 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from recsys_mtl.config import FeatureDecl, FeaturesSection
+from recsys_mtl.data.dataset import ORACLE_PREFIX
+from recsys_mtl.features.columns import (
+    EMBEDDED_KINDS,
+    ColumnSpec,
+    encode_column,
+    fit_column,
+    infer_decl,
+)
+from recsys_mtl.features.history import RECENT_ITEMS, HistoryTransform
+from recsys_mtl.features.temporal import HOURS, WEEKDAYS, hour_index, weekday_index
 from recsys_mtl.features.vocab import FIRST, PAD, UNKNOWN, Vocabulary, write_parquet_atomic
 
 SIDES = ("user", "item")
+#: Impression columns that are never context features.
+RESERVED = (
+    "user_id", "item_id", "timestamp", "click", "purchase", "rating", "split",
+    "user_idx", "item_idx", "sampled",
+)  # fmt: skip
 
 
 @dataclass
@@ -24,16 +47,38 @@ class SideSpec:
 
     key: str  # "user_id" / "item_id"
     id_vocab_size: int
-    categorical: dict[str, int] = field(default_factory=dict)  # name -> vocabulary size
-    numeric: list[str] = field(default_factory=list)
-    lists: dict[str, int] = field(default_factory=dict)  # name -> vocabulary size
-    numeric_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # mean, std
-    max_list_length: int = 8
+    table: list[ColumnSpec] = field(default_factory=list)
+    rows: list[ColumnSpec] = field(default_factory=list)
+
+    def _named(self, kinds: tuple[str, ...]) -> list[ColumnSpec]:
+        return [c for c in [*self.table, *self.rows] if c.kind in kinds]
+
+    @property
+    def categorical(self) -> dict[str, int]:
+        """Embedded single-valued inputs (table first, then row), name -> rows."""
+        return {c.name: c.size for c in self._named(EMBEDDED_KINDS)}
+
+    @property
+    def numeric(self) -> list[str]:
+        return [c.name for c in self._named(("numeric",))]
+
+    @property
+    def lists(self) -> dict[str, int]:
+        return {c.name: c.size for c in self._named(("list",))}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> SideSpec:
+        return cls(
+            key=raw["key"],
+            id_vocab_size=raw["id_vocab_size"],
+            table=[ColumnSpec(**c) for c in raw["table"]],
+            rows=[ColumnSpec(**c) for c in raw["rows"]],
+        )
 
 
 @dataclass
 class SideArrays:
-    """Encoded side features for N rows: categorical (N, C) int64, numeric (N, F) float32,
+    """Encoded features for N rows: categorical (N, C) int64, numeric (N, F) float32,
     lists name -> (N, L) int64 with 0 as padding."""
 
     categorical: np.ndarray
@@ -41,8 +86,91 @@ class SideArrays:
     lists: dict[str, np.ndarray]
 
 
+def encode_columns(
+    columns: list[ColumnSpec], vocabularies: dict[str, Vocabulary], frame: pl.DataFrame
+) -> SideArrays:
+    """Encode `frame`'s raw `source` columns (missing columns count as unknown)."""
+    n = frame.height
+    cat, num, lists = [], [], {}
+    for spec in columns:
+        present = spec.source in frame.columns
+        if spec.kind in EMBEDDED_KINDS:
+            cat.append(
+                encode_column(spec, vocabularies.get(spec.name), frame[spec.source])
+                if present
+                else np.full(n, UNKNOWN, np.int64)
+            )
+        elif spec.kind == "numeric":
+            num.append(
+                encode_column(spec, None, frame[spec.source])
+                if present
+                else np.zeros(n, np.float32)
+            )
+        else:
+            lists[spec.name] = (
+                encode_column(spec, vocabularies.get(spec.name), frame[spec.source])
+                if present
+                else np.full((n, spec.max_length), PAD, np.int64)
+            )
+    return SideArrays(
+        np.stack(cat, 1) if cat else np.zeros((n, 0), np.int64),
+        np.stack(num, 1) if num else np.zeros((n, 0), np.float32),
+        lists,
+    )
+
+
+def fit_columns(
+    frame: pl.DataFrame,
+    candidates: list[str],
+    declared: dict[str, FeatureDecl],
+    cfg: FeaturesSection,
+    prefix: str = "",
+) -> tuple[list[ColumnSpec], dict[str, Vocabulary]]:
+    """Fit declared columns and (with cfg.infer) inferred ones among `candidates`."""
+    specs, vocabularies = [], {}
+    for source in candidates:
+        decl = declared.get(source) or (infer_decl(frame.schema[source]) if cfg.infer else None)
+        if decl is None or decl.kind == "drop":
+            continue
+        spec, vocab = fit_column(
+            f"{prefix}{source}", source, frame[source], decl, cfg.min_count, cfg.max_list_length
+        )
+        specs.append(spec)
+        if vocab is not None:
+            vocabularies[spec.name] = vocab
+    return specs, vocabularies
+
+
+def check_declared(declared: dict[str, FeatureDecl], present: list[str], where: str) -> None:
+    from recsys_mtl.errors import RecsysError
+
+    missing = [name for name in declared if name not in present]
+    if missing:
+        raise RecsysError(
+            f"declared feature(s) {missing} are not columns of the {where}",
+            where=f"[features.{where.split()[0]}]",
+            fix=f"declare columns that exist: {present}",
+        )
+
+
+def concat_columns(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Horizontal concatenation that skips frames without columns."""
+    parts = [p for p in parts if p.width]
+    return pl.concat(parts, how="horizontal") if parts else pl.DataFrame()
+
+
+def load_vocabularies(folder: Path) -> dict[str, Vocabulary]:
+    """Every `feature.<name>.parquet` vocabulary in `folder`, by name."""
+    out = {}
+    for path in sorted(folder.glob("feature.*.parquet")):
+        name = path.name.removeprefix("feature.").removesuffix(".parquet")
+        out[name] = Vocabulary.load(path, name)
+    return out
+
+
 class SideTransform:
-    """Vocabularies and statistics for one side, plus the raw side table for cold ids."""
+    """Id vocabulary and table features of one side, plus the raw side table for cold
+    ids (an id unknown to the vocabulary but present in the table gets its features)."""
 
     def __init__(
         self,
@@ -62,61 +190,28 @@ class SideTransform:
         key: str,
         train_ids: pl.Series,
         table: pl.DataFrame | None,
-        min_count: int,
-        max_list_length: int,
+        declared: dict[str, FeatureDecl],
+        cfg: FeaturesSection,
     ) -> SideTransform:
-        ids = Vocabulary.fit(train_ids, key, min_count)
-        spec = SideSpec(key=key, id_vocab_size=ids.size, max_list_length=max_list_length)
+        ids = Vocabulary.fit(train_ids, key, cfg.min_count)
+        spec = SideSpec(key=key, id_vocab_size=ids.size)
         vocabularies: dict[str, Vocabulary] = {}
         if table is not None:
+            features = [c for c in table.columns if c != key and not c.startswith(ORACLE_PREFIX)]
+            check_declared(declared, features, f"{key.split('_')[0]} table")
             fit_rows = table.join(pl.DataFrame({key: ids.values}), on=key, how="semi")
-            for name, dtype in fit_rows.schema.items():
-                if name == key:
-                    continue
-                column = fit_rows.get_column(name)
-                if dtype == pl.String:
-                    vocabularies[name] = Vocabulary.fit(column, name)
-                    spec.categorical[name] = vocabularies[name].size
-                elif isinstance(dtype, pl.List):
-                    vocabularies[name] = Vocabulary.fit(column.explode(), name)
-                    spec.lists[name] = vocabularies[name].size
-                elif dtype.is_numeric():
-                    mean = float(column.mean() or 0.0)
-                    std = float(column.std() or 1.0) or 1.0
-                    spec.numeric.append(name)
-                    spec.numeric_stats[name] = (mean, std)
+            spec.table, vocabularies = fit_columns(fit_rows, features, declared, cfg)
+            table = table.select(key, *[c.source for c in spec.table])
+        elif declared:
+            check_declared(declared, [], f"{key.split('_')[0]} table (there is none)")
         return cls(spec, ids, vocabularies, table)
 
     def encode_table(self, rows: pl.DataFrame) -> SideArrays:
         """Encode raw side rows (key plus feature columns; missing columns count as unknown)."""
-        n = rows.height
-        categorical = np.full((n, len(self.spec.categorical)), UNKNOWN, dtype=np.int64)
-        for j, name in enumerate(self.spec.categorical):
-            if name in rows.columns:
-                categorical[:, j] = self.vocabularies[name].encode(rows[name]).to_numpy()
-        numeric = np.zeros((n, len(self.spec.numeric)), dtype=np.float32)
-        for j, name in enumerate(self.spec.numeric):
-            if name in rows.columns:
-                mean, std = self.spec.numeric_stats[name]
-                values = rows[name].cast(pl.Float64).fill_null(mean).fill_nan(mean).to_numpy()
-                numeric[:, j] = (values - mean) / std
-        lists = {}
-        for name in self.spec.lists:
-            out = np.full((n, self.spec.max_list_length), PAD, dtype=np.int64)
-            if name in rows.columns:
-                column = rows[name].list.head(self.spec.max_list_length)
-                lengths = column.list.len().fill_null(0).to_numpy().astype(np.int64)
-                nonempty = column.filter(pl.Series(lengths > 0))
-                flat = self.vocabularies[name].encode(nonempty.explode()).to_numpy()
-                row_of = np.repeat(np.arange(n), lengths)
-                starts = np.cumsum(lengths) - lengths
-                position = np.arange(flat.size) - np.repeat(starts, lengths)
-                out[row_of, position] = flat
-            lists[name] = out
-        return SideArrays(categorical, numeric, lists)
+        return encode_columns(self.spec.table, self.vocabularies, rows)
 
     def feature_table(self) -> SideArrays:
-        """Encoded features for every vocabulary index 0..size-1.
+        """Encoded table features for every vocabulary index 0..size-1.
 
         Rows 0 (padding) and 1 (unknown) hold unknown categories, zero numerics and
         empty lists; row i >= 2 holds the features of the id with index i.
@@ -146,28 +241,121 @@ class SideTransform:
 
     @classmethod
     def load(cls, folder: Path) -> SideTransform:
-        raw = json.loads((folder / "spec.json").read_text())
-        raw["numeric_stats"] = {k: tuple(v) for k, v in raw["numeric_stats"].items()}
-        spec = SideSpec(**raw)
+        spec = SideSpec.from_dict(json.loads((folder / "spec.json").read_text()))
         ids = Vocabulary.load(folder / f"{spec.key}.parquet", spec.key)
-        vocabularies = {
-            name: Vocabulary.load(folder / f"feature.{name}.parquet", name)
-            for name in [*spec.categorical, *spec.lists]
-        }
+        vocabularies = load_vocabularies(folder)
         table_path = folder / "table.parquet"
         table = pl.read_parquet(table_path) if table_path.exists() else None
         return cls(spec, ids, vocabularies, table)
 
 
-class FeatureTransform:
-    """Both sides' transforms; `users` and `items` are SideTransforms."""
+@dataclass
+class RowSettings:
+    """Which row features exist (saved as JSON)."""
 
-    def __init__(self, users: SideTransform, items: SideTransform) -> None:
+    context: list[ColumnSpec] = field(default_factory=list)
+    time: list[str] = field(default_factory=list)  # subset of hour, weekday, recency
+    history: bool = False
+    recent_items: int = 0
+
+
+class FeatureTransform:
+    """Everything fitted: `users`, `items` (SideTransforms), context vocabularies, and
+    the history transform with its serving state."""
+
+    def __init__(
+        self,
+        users: SideTransform,
+        items: SideTransform,
+        settings: RowSettings | None = None,
+        context_vocabularies: dict[str, Vocabulary] | None = None,
+        history: HistoryTransform | None = None,
+    ) -> None:
         self.users = users
         self.items = items
+        self.settings = settings or RowSettings()
+        self.context_vocabularies = context_vocabularies or {}
+        self.history = history
+        self.users.spec.rows = self.user_row_columns()
+        self.items.spec.rows = self.item_row_columns()
 
     def side(self, name: str) -> SideTransform:
         return self.users if name == "user" else self.items
+
+    # ------------------------------------------------------------------ row features
+
+    def user_row_columns(self) -> list[ColumnSpec]:
+        s = self.settings
+        out = list(s.context)
+        if "hour" in s.time:
+            out.append(ColumnSpec("hour", "categorical", size=FIRST + HOURS))
+        if "weekday" in s.time:
+            out.append(ColumnSpec("weekday", "categorical", size=FIRST + WEEKDAYS))
+        if self.history is not None:
+            out += self.history.columns("user")
+        if s.recent_items:
+            out.append(
+                ColumnSpec(
+                    RECENT_ITEMS, "list", size=self.items.ids.size, max_length=s.recent_items
+                )
+            )
+        return out
+
+    def item_row_columns(self) -> list[ColumnSpec]:
+        return self.history.columns("item") if self.history is not None else []
+
+    def context_features(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Encoded context and time-of-day columns of impression rows (timestamp
+        required for time features; absent context columns count as unknown)."""
+        arrays = encode_columns(self.settings.context, self.context_vocabularies, frame)
+        columns = {
+            spec.name: pl.Series(arrays.categorical[:, j].astype(np.int32))
+            for j, spec in enumerate(c for c in self.settings.context if c.kind in EMBEDDED_KINDS)
+        }
+        columns |= {
+            spec.name: pl.Series(arrays.numeric[:, j])
+            for j, spec in enumerate(c for c in self.settings.context if c.kind == "numeric")
+        }
+        columns |= {
+            name: pl.Series(values.astype(np.int32), dtype=pl.Array(pl.Int32, values.shape[1]))
+            for name, values in arrays.lists.items()
+        }
+        time = [
+            expr
+            for name, expr in (
+                ("hour", hour_index(pl.col("timestamp")).alias("hour")),
+                ("weekday", weekday_index(pl.col("timestamp")).alias("weekday")),
+            )
+            if name in self.settings.time
+        ]
+        return frame.select(time).with_columns(**columns)
+
+    def serving_rows(self, frame: pl.DataFrame, side: str) -> pl.DataFrame:
+        """Row features of `side` for query rows (user_id / item_id, optional timestamp
+        and context columns) from the serving state."""
+        key = f"{side}_id"
+        reference = self.history.spec.reference_time if self.history is not None else 0
+        if "timestamp" not in frame.columns:
+            frame = frame.with_columns(pl.lit(reference, pl.Int64).alias("timestamp"))
+        elif isinstance(frame.schema["timestamp"], pl.Datetime | pl.Date):
+            frame = frame.with_columns(pl.col("timestamp").dt.epoch("s"))
+        parts = [self.context_features(frame)] if side == "user" else []
+        if self.history is not None:
+            raw = self.history.state_rows(frame[key], side)
+            raw = raw.with_columns(frame["timestamp"].cast(pl.Int64).alias("timestamp"))
+            parts.append(self.history.features(raw, side, pl.col("timestamp")))
+        if side == "user" and self.settings.recent_items:
+            recent = self._recent_items_for(frame[key])
+            parts.append(
+                pl.DataFrame(
+                    {RECENT_ITEMS: pl.Series(recent, dtype=pl.Array(pl.Int32, recent.shape[1]))}
+                )
+            )
+        return concat_columns(parts)
+
+    def _recent_items_for(self, ids: pl.Series) -> np.ndarray:
+        assert self.history is not None
+        return self.history.state_recent_items(ids)
 
     def encode_pairs(self, frame: pl.DataFrame, where: str = "input") -> pl.DataFrame:
         """Add `user_idx` / `item_idx` (Int32) to a frame with user_id and item_id."""
@@ -176,13 +364,45 @@ class FeatureTransform:
             self.items.ids.encode(frame["item_id"], where).alias("item_idx"),
         )
 
+    # ------------------------------------------------------------------ persistence
+
     def save(self, folder: Path) -> None:
         self.users.save(folder / "user")
         self.items.save(folder / "item")
+        (folder / "context").mkdir(parents=True, exist_ok=True)
+        for name, vocab in self.context_vocabularies.items():
+            vocab.save(folder / "context" / f"feature.{name}.parquet")
+        (folder / "rows.json").write_text(json.dumps(asdict(self.settings), indent=2))
+        if self.history is not None:
+            self.history.save(folder / "history")
 
     @classmethod
     def load(cls, folder: Path) -> FeatureTransform:
-        return cls(SideTransform.load(folder / "user"), SideTransform.load(folder / "item"))
+        raw = json.loads((folder / "rows.json").read_text())
+        settings = RowSettings(
+            context=[ColumnSpec(**c) for c in raw["context"]],
+            time=raw["time"],
+            history=raw["history"],
+            recent_items=raw["recent_items"],
+        )
+        vocabularies = load_vocabularies(folder / "context")
+        history = HistoryTransform.load(folder / "history") if settings.history else None
+        return cls(
+            SideTransform.load(folder / "user"),
+            SideTransform.load(folder / "item"),
+            settings,
+            vocabularies,
+            history,
+        )
 
 
-__all__ = ["FIRST", "SIDES", "FeatureTransform", "SideArrays", "SideSpec", "SideTransform"]
+__all__ = [
+    "FIRST",
+    "RESERVED",
+    "SIDES",
+    "FeatureTransform",
+    "RowSettings",
+    "SideArrays",
+    "SideSpec",
+    "SideTransform",
+]

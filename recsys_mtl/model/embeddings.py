@@ -8,26 +8,43 @@ import torch
 from torch import nn
 
 from recsys_mtl.features.transform import SideArrays, SideSpec
+from recsys_mtl.features.vocab import UNKNOWN
+
+
+@dataclass
+class RowInputs:
+    """Per-row inputs of one side for B rows (context, time, history): categorical
+    (B, Cr) int64, numeric (B, Fr) float32, lists name -> (B, L) int64."""
+
+    categorical: torch.Tensor
+    numeric: torch.Tensor
+    lists: dict[str, torch.Tensor]
+
+    def take(self, index: torch.Tensor | slice) -> RowInputs:
+        return RowInputs(
+            self.categorical[index],
+            self.numeric[index],
+            {k: v[index] for k, v in self.lists.items()},
+        )
+
+    @classmethod
+    def from_arrays(cls, arrays: SideArrays) -> RowInputs:
+        return cls(
+            torch.from_numpy(arrays.categorical),
+            torch.from_numpy(arrays.numeric),
+            {k: torch.from_numpy(v) for k, v in arrays.lists.items()},
+        )
 
 
 @dataclass
 class SideInputs:
     """Encoded inputs for B rows of one side: ids (B,), categorical (B, C), numeric (B, F),
-    lists name -> (B, L)."""
+    lists name -> (B, L); table features first, then row features."""
 
     ids: torch.Tensor
     categorical: torch.Tensor
     numeric: torch.Tensor
     lists: dict[str, torch.Tensor]
-
-
-def side_inputs_from_arrays(ids: torch.Tensor, arrays: SideArrays) -> SideInputs:
-    return SideInputs(
-        ids=ids,
-        categorical=torch.from_numpy(arrays.categorical),
-        numeric=torch.from_numpy(arrays.numeric),
-        lists={k: torch.from_numpy(v) for k, v in arrays.lists.items()},
-    )
 
 
 class SideEncoder(nn.Module):
@@ -52,6 +69,7 @@ class SideEncoder(nn.Module):
         self.numeric = nn.Linear(n_numeric, dim) if n_numeric else None
         self.register_buffer("categorical_table", torch.from_numpy(table.categorical))
         self.register_buffer("numeric_table", torch.from_numpy(table.numeric))
+        self.table_lists = list(table.lists)
         for name, values in table.lists.items():
             self.register_buffer(f"list_table_{name}", torch.from_numpy(values))
         self.out_dim = dim * (1 + len(self.categorical) + len(self.lists) + (1 if n_numeric else 0))
@@ -60,13 +78,32 @@ class SideEncoder(nn.Module):
             with torch.no_grad():
                 emb.weight[0].zero_()
 
-    def lookup(self, ids: torch.Tensor) -> SideInputs:
-        """Features of known ids (B,) from the buffered table."""
+    def lookup(self, ids: torch.Tensor, rows: RowInputs | None = None) -> SideInputs:
+        """Inputs of known ids (B,): table features from the buffers, then `rows`' row
+        features (absent rows: unknown categories, zero numerics, empty lists)."""
+        rows = rows if rows is not None else self.default_rows(ids.shape[0])
         return SideInputs(
             ids=ids,
-            categorical=self.categorical_table[ids],
-            numeric=self.numeric_table[ids],
-            lists={name: getattr(self, f"list_table_{name}")[ids] for name in self.lists},
+            categorical=torch.cat([self.categorical_table[ids], rows.categorical], dim=1),
+            numeric=torch.cat([self.numeric_table[ids], rows.numeric], dim=1),
+            lists={
+                **{name: getattr(self, f"list_table_{name}")[ids] for name in self.table_lists},
+                **rows.lists,
+            },
+        )
+
+    def default_rows(self, n: int) -> RowInputs:
+        spec = self.spec.rows
+        n_cat = sum(1 for c in spec if c.kind in ("categorical", "bucket"))
+        n_num = sum(1 for c in spec if c.kind == "numeric")
+        return RowInputs(
+            torch.full((n, n_cat), UNKNOWN, dtype=torch.int64),
+            torch.zeros((n, n_num)),
+            {
+                c.name: torch.zeros((n, c.max_length), dtype=torch.int64)
+                for c in spec
+                if c.kind == "list"
+            },
         )
 
     def encode(self, inputs: SideInputs) -> torch.Tensor:
@@ -80,5 +117,5 @@ class SideEncoder(nn.Module):
             parts.append(self.numeric(inputs.numeric))
         return torch.cat(parts, dim=-1)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.encode(self.lookup(ids))
+    def forward(self, ids: torch.Tensor, rows: RowInputs | None = None) -> torch.Tensor:
+        return self.encode(self.lookup(ids, rows))

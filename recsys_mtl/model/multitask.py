@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from recsys_mtl.config import ModelSection, TaskConfig
 from recsys_mtl.features.transform import FeatureTransform
-from recsys_mtl.model.embeddings import SideEncoder, SideInputs
+from recsys_mtl.model.embeddings import RowInputs, SideEncoder, SideInputs
 from recsys_mtl.model.heads import DotHead, MlpHead
 from recsys_mtl.model.sharing import SHARING
 
@@ -66,8 +66,17 @@ class MultiTaskModel(nn.Module):
         self.order = task_order(tasks)
         self.retrieval_task = next(n for n, t in tasks.items() if t.head == "dot")
 
-    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.forward_encoded(self.user_encoder(user_idx), self.item_encoder(item_idx))
+    def forward(
+        self,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+        user_rows: RowInputs | None = None,
+        item_rows: RowInputs | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Raw task outputs (B,) for user/item indices (B,) and their row features."""
+        return self.forward_encoded(
+            self.user_encoder(user_idx, user_rows), self.item_encoder(item_idx, item_rows)
+        )
 
     def forward_inputs(self, users: SideInputs, items: SideInputs) -> dict[str, torch.Tensor]:
         return self.forward_encoded(

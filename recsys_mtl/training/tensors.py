@@ -10,19 +10,56 @@ import polars as pl
 import torch
 
 from recsys_mtl.config import TaskConfig
+from recsys_mtl.features.columns import EMBEDDED_KINDS, ColumnSpec
+from recsys_mtl.features.transform import FeatureTransform
+from recsys_mtl.model.embeddings import RowInputs
+
+
+def row_inputs(frame: pl.DataFrame, columns: list[ColumnSpec]) -> RowInputs:
+    """RowInputs from a frame's encoded row-feature columns (named as in `columns`)."""
+    n = frame.height
+    categorical = [c.name for c in columns if c.kind in EMBEDDED_KINDS]
+    numeric = [c.name for c in columns if c.kind == "numeric"]
+    lists = [c for c in columns if c.kind == "list"]
+    return RowInputs(
+        torch.from_numpy(
+            frame.select(categorical).to_numpy().astype(np.int64).reshape(n, len(categorical))
+        ),
+        torch.from_numpy(
+            frame.select(numeric).to_numpy().astype(np.float32).reshape(n, len(numeric))
+        ),
+        {
+            c.name: torch.from_numpy(
+                frame[c.name].to_numpy().astype(np.int64).reshape(n, c.max_length)
+            )
+            for c in lists
+        },
+    )
 
 
 @dataclass
 class TensorData:
-    """users, items (N,) int64 vocabulary indices; labels task -> (N,) float32, NaN where
-    the label does not exist (rating only where rated)."""
+    """users, items (N,) int64 vocabulary indices; user_rows, item_rows the row features;
+    labels task -> (N,) float32, NaN where the label does not exist (rating only where
+    rated)."""
 
     users: torch.Tensor
     items: torch.Tensor
+    user_rows: RowInputs
+    item_rows: RowInputs
     labels: dict[str, torch.Tensor]
 
     @classmethod
-    def from_frame(cls, frame: pl.DataFrame, tasks: dict[str, TaskConfig]) -> TensorData:
+    def from_frame(
+        cls,
+        frame: pl.DataFrame,
+        tasks: dict[str, TaskConfig],
+        transform: FeatureTransform | None = None,
+    ) -> TensorData:
+        """Tensors of an encoded feature frame; without `transform`, no row features
+        (enough for labels and metrics)."""
+        user_columns = transform.users.spec.rows if transform is not None else []
+        item_columns = transform.items.spec.rows if transform is not None else []
         labels = {
             name: torch.from_numpy(
                 frame[task.label].cast(pl.Float32).fill_null(float("nan")).to_numpy().copy()
@@ -33,6 +70,8 @@ class TensorData:
         return cls(
             users=torch.from_numpy(frame["user_idx"].cast(pl.Int64).to_numpy().copy()),
             items=torch.from_numpy(frame["item_idx"].cast(pl.Int64).to_numpy().copy()),
+            user_rows=row_inputs(frame, user_columns),
+            item_rows=row_inputs(frame, item_columns),
             labels=labels,
         )
 
@@ -41,7 +80,11 @@ class TensorData:
 
     def take(self, index: torch.Tensor | slice) -> TensorData:
         return TensorData(
-            self.users[index], self.items[index], {k: v[index] for k, v in self.labels.items()}
+            self.users[index],
+            self.items[index],
+            self.user_rows.take(index),
+            self.item_rows.take(index),
+            {k: v[index] for k, v in self.labels.items()},
         )
 
     def shuffled(self, generator: torch.Generator) -> TensorData:
@@ -68,7 +111,8 @@ def predict_arrays(
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {}
     for batch in data.batches(batch_size):
-        for name, values in model.predictions(model(batch.users, batch.items)).items():
+        outputs = model(batch.users, batch.items, batch.user_rows, batch.item_rows)
+        for name, values in model.predictions(outputs).items():
             chunks.setdefault(name, []).append(values)
     model.train(was_training)
     return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}

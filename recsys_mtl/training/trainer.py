@@ -77,7 +77,7 @@ class Trainer:
             unit="batch",
         )
         for batch in bar:
-            outputs = self.model(batch.users, batch.items)
+            outputs = self.model(batch.users, batch.items, batch.user_rows, batch.item_rows)
             log_p = self.model.log_probabilities(outputs)
             losses = task_losses(outputs, log_p, batch.labels, self.tasks)
             total, weights = self.weighting(losses)

@@ -1,0 +1,321 @@
+"""Leak-free history features: what was known about a user or item before each row.
+
+For a row of split s at time t, the aggregates of a user (or item) count only events
+(real impressions, never sampled negatives) that are
+  * strictly earlier than t (an event at the same second does not count), and
+  * in split s or an earlier split (a training row never sees a validation or test
+    event, whatever the split kind; a test row may see earlier test events).
+Recent items are the user's last N clicked items under the same rule.
+
+The same aggregates, taken over all training and validation events, are the serving
+state (`HistoryState`) that prediction and retrieval queries read; `HistoryTransform`
+turns either into model inputs with one set of fitted statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recsys_mtl.atomic import write_json_atomic
+from recsys_mtl.features.columns import ColumnSpec
+from recsys_mtl.features.temporal import RECENCY_SIZE, recency_index
+from recsys_mtl.features.vocab import PAD, write_parquet_atomic
+
+N_SPLITS = 3
+#: Raw per-key aggregates, summed over the counted events.
+AGGREGATES = ("n", "clicks", "purchases", "rated", "rating_sum")
+#: History features; impressions and click rate only where negatives are real.
+STATS = ("impressions", "clicks", "click_rate", "purchase_rate", "mean_rating")
+POSITIVE_ONLY_STATS = ("clicks", "purchase_rate", "mean_rating")
+RECENT_ITEMS = "recent_items"
+
+
+def _event_columns() -> list[pl.Expr]:
+    return [
+        pl.lit(1, pl.Int64).alias("n"),
+        pl.col("click").cast(pl.Int64).alias("clicks"),
+        (pl.col("purchase") == 1).fill_null(False).cast(pl.Int64).alias("purchases"),
+        pl.col("rating").is_not_null().cast(pl.Int64).alias("rated"),
+        pl.col("rating").cast(pl.Float64).fill_null(0.0).alias("rating_sum"),
+    ]
+
+
+def prior_aggregates(events: pl.DataFrame, rows: pl.DataFrame, key: str) -> pl.DataFrame:
+    """Aggregates per row of `rows` over earlier events of the same `key`.
+
+    events: key, timestamp, split, click, purchase, rating (real impressions).
+    rows: key, timestamp, split, sorted by timestamp.
+    Returns one row per row of `rows`, same order: n, clicks, purchases, rated,
+    rating_sum (0 when nothing is known) and last_time (null when nothing is known).
+    """
+    per_split = [
+        pl.when(pl.col("split") == s).then(pl.col(a)).otherwise(0).alias(f"{a}_{s}")
+        for a in AGGREGATES
+        for s in range(N_SPLITS)
+    ]
+    timeline = (
+        events.select(key, "timestamp", "split", *_event_columns())
+        .select(key, "timestamp", *per_split)
+        .group_by(key, "timestamp")
+        .agg(pl.all().sum())
+        .sort(key, "timestamp")
+    )
+    cumulative = [
+        pl.col(f"{a}_{s}").cum_sum().over(key) for a in AGGREGATES for s in range(N_SPLITS)
+    ]
+    last = [
+        pl.when(pl.col(f"n_{s}") > 0)
+        .then(pl.col("timestamp"))
+        .otherwise(None)
+        .forward_fill()
+        .over(key)
+        .alias(f"last_{s}")
+        for s in range(N_SPLITS)
+    ]
+    timeline = timeline.with_columns(*last).with_columns(*cumulative).sort("timestamp")
+    joined = rows.select(key, "timestamp", "split").join_asof(
+        timeline.rename({"timestamp": "_event_time"}),
+        left_on="timestamp",
+        right_on="_event_time",
+        by=key,
+        strategy="backward",
+        allow_exact_matches=False,
+        check_sortedness=False,
+    )
+    level = pl.col("split")
+    sums = [
+        pl.sum_horizontal(
+            pl.when(level >= s).then(pl.col(f"{a}_{s}")).otherwise(0) for s in range(N_SPLITS)
+        )
+        .fill_null(0)
+        .alias(a)
+        for a in AGGREGATES
+    ]
+    last_time = pl.max_horizontal(
+        pl.when(level >= s).then(pl.col(f"last_{s}")) for s in range(N_SPLITS)
+    ).alias("last_time")
+    return joined.select(*sums, last_time)
+
+
+def final_aggregates(events: pl.DataFrame, key: str) -> pl.DataFrame:
+    """Aggregates over all of `events` per key (the serving state): key, n, clicks,
+    purchases, rated, rating_sum, last_time."""
+    return (
+        events.select(key, "timestamp", *_event_columns())
+        .group_by(key)
+        .agg(*[pl.col(a).sum() for a in AGGREGATES], pl.col("timestamp").max().alias("last_time"))
+        .sort(key)
+    )
+
+
+def recent_items(
+    events: pl.DataFrame, rows: pl.DataFrame, clicks_before: np.ndarray, n: int
+) -> np.ndarray:
+    """The user's last `n` clicked item indices before each row, (R, n) int32, oldest
+    first and right-aligned (PAD on the left).
+
+    events: user_id, timestamp, split, click, item_idx. rows: user_id, split.
+    clicks_before: (R,) the number of the user's clicks the row may see (from
+    `prior_aggregates`), which are exactly the first clicks_before of the user's clicks
+    in splits <= the row's split, in time order.
+    """
+    out = np.full((rows.height, n), PAD, dtype=np.int32)
+    offsets = np.arange(n) - n  # -n .. -1
+    row_split = rows["split"].to_numpy()
+    for s in range(N_SPLITS):
+        at_level = np.flatnonzero(row_split == s)
+        if at_level.size == 0:
+            continue
+        clicked = (
+            events.filter((pl.col("click") == 1) & (pl.col("split") <= s))
+            .select("user_id", "timestamp", "item_idx")
+            .sort("user_id", "timestamp", maintain_order=True)
+            .with_row_index("position")
+        )
+        starts = clicked.group_by("user_id").agg(pl.col("position").first().alias("start"))
+        start = (
+            rows[at_level]
+            .select("user_id")
+            .join(starts, on="user_id", how="left", maintain_order="left")["start"]
+            .fill_null(0)
+            .to_numpy()
+            .astype(np.int64)
+        )
+        count = clicks_before[at_level].astype(np.int64)
+        position = start[:, None] + count[:, None] + offsets[None, :]  # (R_s, n)
+        valid = offsets[None, :] >= -count[:, None]
+        items = clicked["item_idx"].to_numpy().astype(np.int32)
+        gathered = items[np.where(valid, position, 0)] if items.size else np.zeros_like(position)
+        out[at_level] = np.where(valid, gathered, PAD)
+    return out
+
+
+def user_recent_items(events: pl.DataFrame, n: int) -> pl.DataFrame:
+    """The serving state of recent items: user_id, recent_items (Array[Int32, n])."""
+    clicked = events.filter(pl.col("click") == 1).sort("user_id", "timestamp", maintain_order=True)
+    last = clicked.group_by("user_id", maintain_order=True).agg(
+        pl.col("item_idx").tail(n).cast(pl.Int32)
+    )
+    padded = last["item_idx"].to_list()
+    matrix = np.full((len(padded), n), PAD, dtype=np.int32)
+    lengths = np.fromiter((len(p) for p in padded), dtype=np.int64, count=len(padded))
+    flat = last["item_idx"].explode().to_numpy().astype(np.int32)
+    rows = np.repeat(np.arange(len(padded)), lengths)
+    starts = np.cumsum(lengths) - lengths
+    cols = n - np.repeat(lengths, lengths) + (np.arange(flat.size) - np.repeat(starts, lengths))
+    matrix[rows, cols] = flat
+    return pl.DataFrame(
+        {"user_id": last["user_id"], RECENT_ITEMS: pl.Series(matrix, dtype=pl.Array(pl.Int32, n))}
+    )
+
+
+@dataclass
+class HistorySpec:
+    """Fitted settings: which stats, the smoothing prior, global means and scalers."""
+
+    positive_only: bool
+    aggregates: bool
+    prior: float
+    recent_items: int
+    recency: bool
+    global_click_rate: float = 0.0
+    global_purchase_rate: float = 0.0
+    global_rating: float = 0.0
+    reference_time: int = 0
+    scalers: dict[str, list[float]] = field(default_factory=dict)  # name -> [mean, std]
+
+    @property
+    def stats(self) -> tuple[str, ...]:
+        if not self.aggregates:
+            return ()
+        return POSITIVE_ONLY_STATS if self.positive_only else STATS
+
+
+class HistoryTransform:
+    """Turns raw aggregates into standardised features; holds the serving state."""
+
+    def __init__(self, spec: HistorySpec, users: pl.DataFrame, items: pl.DataFrame) -> None:
+        self.spec = spec
+        self.users = users  # user_id, aggregates, last_time[, recent_items]
+        self.items = items  # item_id, aggregates, last_time
+
+    # ------------------------------------------------------------------ fitting
+
+    @classmethod
+    def fit(
+        cls,
+        train_events: pl.DataFrame,
+        state_events: pl.DataFrame,
+        positive_only: bool,
+        aggregates: bool,
+        prior: float,
+        n_recent: int,
+        recency: bool,
+    ) -> HistoryTransform:
+        """Global means from training events; the serving state from `state_events`
+        (training + validation events, with item_idx)."""
+        clicks = float(train_events["click"].sum())
+        purchases = float((train_events["purchase"] == 1).sum())
+        ratings = train_events["rating"].drop_nulls()
+        spec = HistorySpec(
+            positive_only=positive_only,
+            aggregates=aggregates,
+            prior=prior,
+            recent_items=n_recent,
+            recency=recency,
+            global_click_rate=clicks / max(train_events.height, 1),
+            global_purchase_rate=purchases / max(clicks, 1.0),
+            global_rating=float(ratings.mean()) if ratings.len() else 0.0,
+            reference_time=int(state_events["timestamp"].max() or 0),
+        )
+        users = final_aggregates(state_events, "user_id")
+        if n_recent:
+            users = users.join(user_recent_items(state_events, n_recent), on="user_id", how="left")
+        return cls(spec, users, final_aggregates(state_events, "item_id"))
+
+    def fit_scalers(self, raw_user: pl.DataFrame, raw_item: pl.DataFrame) -> None:
+        """Mean/std of every feature over the training rows' raw aggregates."""
+        for prefix, raw in (("user", raw_user), ("item", raw_item)):
+            values = raw.select(self._values(prefix))
+            for name in values.columns:
+                column = values[name]
+                std = float(column.std() or 0.0)
+                self.spec.scalers[name] = [float(column.mean() or 0.0), std if std > 1e-12 else 1.0]
+
+    # ------------------------------------------------------------------ features
+
+    def columns(self, prefix: str) -> list[ColumnSpec]:
+        """Model inputs this transform adds to the `prefix` ('user' or 'item') side."""
+        out = [ColumnSpec(f"{prefix}_{stat}", "numeric") for stat in self.spec.stats]
+        if self.spec.recency:
+            out.append(ColumnSpec(f"{prefix}_recency", "categorical", size=RECENCY_SIZE))
+        return out
+
+    def _values(self, prefix: str) -> list[pl.Expr]:
+        s, k = self.spec, self.spec.prior
+        n, clicks = pl.col("n").cast(pl.Float64), pl.col("clicks").cast(pl.Float64)
+        exprs = {
+            "impressions": n.log1p(),
+            "clicks": clicks.log1p(),
+            "click_rate": (clicks + k * s.global_click_rate) / (n + k),
+            "purchase_rate": (pl.col("purchases") + k * s.global_purchase_rate) / (clicks + k),
+            "mean_rating": (pl.col("rating_sum") + k * s.global_rating) / (pl.col("rated") + k),
+        }
+        return [exprs[stat].alias(f"{prefix}_{stat}") for stat in s.stats]
+
+    def features(self, raw: pl.DataFrame, prefix: str, timestamp: pl.Expr) -> pl.DataFrame:
+        """Encoded features of `prefix` from raw aggregates (n, clicks, purchases, rated,
+        rating_sum, last_time) and the rows' timestamps."""
+        values = [
+            (
+                (e - self.spec.scalers[e.meta.output_name()][0])
+                / self.spec.scalers[e.meta.output_name()][1]
+            ).cast(pl.Float32)
+            for e in self._values(prefix)
+        ]
+        if self.spec.recency:
+            values.append(recency_index(timestamp, pl.col("last_time")).alias(f"{prefix}_recency"))
+        return raw.select(values)
+
+    def state_rows(self, ids: pl.Series, prefix: str) -> pl.DataFrame:
+        """Raw serving-state aggregates for ids (unknown ids: nothing known)."""
+        key = f"{prefix}_id"
+        table = self.users if prefix == "user" else self.items
+        joined = pl.DataFrame({key: ids}).join(
+            table.with_columns(pl.col(key).cast(ids.dtype)),
+            on=key,
+            how="left",
+            maintain_order="left",
+        )
+        return joined.with_columns(pl.col(a).fill_null(0) for a in AGGREGATES)
+
+    def state_recent_items(self, ids: pl.Series) -> np.ndarray:
+        """(len(ids), N) int32 recent items of known users, PAD for others."""
+        rows = self.state_rows(ids, "user")
+        n = self.spec.recent_items
+        if RECENT_ITEMS not in rows.columns:
+            return np.zeros((len(ids), n), dtype=np.int32)
+        filled = rows[RECENT_ITEMS].fill_null(pl.Series([[PAD] * n], dtype=pl.Array(pl.Int32, n)))
+        return filled.to_numpy().astype(np.int32).reshape(len(ids), n)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(self.users, folder / "users.parquet")
+        write_parquet_atomic(self.items, folder / "items.parquet")
+        write_json_atomic(asdict(self.spec), folder / "spec.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> HistoryTransform:
+        spec = HistorySpec(**json.loads((folder / "spec.json").read_text()))
+        return cls(
+            spec,
+            pl.read_parquet(folder / "users.parquet"),
+            pl.read_parquet(folder / "items.parquet"),
+        )
