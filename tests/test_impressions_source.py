@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from recsys_mtl.config import ImpressionsSource
+from recsys_mtl.config import FeaturesSection, ImpressionsSource
 from recsys_mtl.data.impressions import dataset_from_frames, load_impressions
 from recsys_mtl.errors import RecsysError
 
@@ -45,7 +45,9 @@ def test_load_files(tmp_path: Path, suffix: str) -> None:
         items_path=str(write(ITEMS, tmp_path / f"items{suffix}")),
         positive_only=True,
     )
-    ds = load_impressions(cfg)
+    with pytest.raises(RecsysError, match=r"user_id='u3'.*missing_side_rows = 'unknown'"):
+        load_impressions(cfg)  # the user table lacks u3
+    ds = load_impressions(cfg, features=FeaturesSection(missing_side_rows="unknown"))
     assert ds.name == "clicks" and ds.positive_only
     imp = ds.impressions
     assert imp["timestamp"].to_list() == [T0, T0 + 60, T0 + 120, T0 + 180]  # from milliseconds
