@@ -33,6 +33,8 @@ AGGREGATES = ("n", "clicks", "purchases", "rated", "rating_sum")
 STATS = ("impressions", "clicks", "click_rate", "purchase_rate", "mean_rating")
 POSITIVE_ONLY_STATS = ("clicks", "purchase_rate", "mean_rating")
 RECENT_ITEMS = "recent_items"
+LABEL_COLUMNS = ("click", "purchase", "rating")
+CHUNK_ROWS = 1 << 20
 
 
 def _event_columns() -> list[pl.Expr]:
@@ -45,61 +47,79 @@ def _event_columns() -> list[pl.Expr]:
     ]
 
 
-def prior_aggregates(events: pl.DataFrame, rows: pl.DataFrame, key: str) -> pl.DataFrame:
-    """Aggregates per row of `rows` over earlier events of the same `key`.
+def prior_aggregates(rows: pl.DataFrame, key: str, *, one_level: bool = False) -> pl.DataFrame:
+    """Aggregates per row over the earlier events of the same `key`.
 
-    events: key, timestamp, split, click, purchase, rating (real impressions).
-    rows: key, timestamp, split, sorted by timestamp.
-    Returns one row per row of `rows`, same order: n, clicks, purchases, rated,
-    rating_sum (0 when nothing is known) and last_time (null when nothing is known).
+    rows: key, timestamp, split, click, purchase, rating and `sampled` (True for sampled
+    negatives, which are rows but not events). Returns one row per input row, same
+    order: n, clicks, purchases, rated, rating_sum (0 when nothing is known) and
+    last_time (null when nothing is known).
+
+    One stable sort by (key, timestamp), then per-key cumulative sums in numpy: the
+    value of a row is the exclusive sum at the first row of its (key, timestamp) run,
+    so events at the same second never count. `one_level=True` counts events of every
+    split (valid when a key's earlier events are never in a later split, as for users
+    under the per-user temporal split); otherwise per-split sums are added up to the
+    row's split.
     """
-    per_split = [
-        pl.when(pl.col("split") == s).then(pl.col(a)).otherwise(0).alias(f"{a}_{s}")
-        for a in AGGREGATES
-        for s in range(N_SPLITS)
-    ]
-    timeline = (
-        events.select(key, "timestamp", "split", *_event_columns())
-        .select(key, "timestamp", *per_split)
-        .group_by(key, "timestamp")
-        .agg(pl.all().sum())
-        .sort(key, "timestamp")
+    order = rows.select(pl.arg_sort_by(key, "timestamp", maintain_order=True)).to_series()
+    order_np = order.to_numpy()
+    sorted_rows = rows.select(key, "timestamp", "split", "sampled", *LABEL_COLUMNS)[order]
+    keys = sorted_rows[key]
+    time = sorted_rows["timestamp"].to_numpy()
+    n = len(time)
+    index = np.arange(n, dtype=np.int64)
+    new_key = np.ones(n, dtype=bool)
+    new_key[1:] = (keys.slice(1) != keys.slice(0, n - 1)).to_numpy() if n > 1 else []
+    new_run = new_key.copy()
+    new_run[1:] |= time[1:] != time[:-1]
+    key_start = np.maximum.accumulate(np.where(new_key, index, 0))
+    run_start = np.maximum.accumulate(np.where(new_run, index, 0))
+    split = sorted_rows["split"].to_numpy()
+    real = ~sorted_rows["sampled"].to_numpy()
+
+    levels = [None] if one_level else list(range(N_SPLITS))
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order_np] = index
+    out: dict[str, np.ndarray] = {}
+    for name in AGGREGATES:
+        dtype = np.float64 if name == "rating_sum" else np.int64
+        column = sorted_rows.select(_event_columns()[AGGREGATES.index(name)]).to_series()
+        x = np.where(real, column.to_numpy(), 0).astype(dtype)
+        total = np.zeros(n, dtype=dtype)
+        for level in levels:
+            counted = x if level is None else np.where(split == level, x, 0)
+            before = _exclusive_sums(counted, key_start)[run_start]
+            total += before if level is None else np.where(split >= level, before, 0)
+            del counted, before
+        out[name] = total[inverse].astype(np.float32 if name == "rating_sum" else np.int32)
+        del x, total
+    last = np.full(n, -1, dtype=np.int64)
+    for level in levels:
+        event = real if level is None else real & (split == level)
+        latest = np.maximum.accumulate(np.where(event, index, -1))
+        previous = np.where(run_start > 0, latest[np.maximum(run_start - 1, 0)], -1)
+        previous = np.where(previous >= key_start, previous, -1)
+        usable = previous >= 0 if level is None else (previous >= 0) & (split >= level)
+        last = np.where(usable, np.maximum(last, previous), last)
+    result = pl.DataFrame(
+        {
+            **out,
+            "last_time": np.where(last >= 0, time[np.maximum(last, 0)], 0)[inverse],
+        }
     )
-    cumulative = [
-        pl.col(f"{a}_{s}").cum_sum().over(key) for a in AGGREGATES for s in range(N_SPLITS)
-    ]
-    last = [
-        pl.when(pl.col(f"n_{s}") > 0)
-        .then(pl.col("timestamp"))
-        .otherwise(None)
-        .forward_fill()
-        .over(key)
-        .alias(f"last_{s}")
-        for s in range(N_SPLITS)
-    ]
-    timeline = timeline.with_columns(*last).with_columns(*cumulative).sort("timestamp")
-    joined = rows.select(key, "timestamp", "split").join_asof(
-        timeline.rename({"timestamp": "_event_time"}),
-        left_on="timestamp",
-        right_on="_event_time",
-        by=key,
-        strategy="backward",
-        allow_exact_matches=False,
-        check_sortedness=False,
-    )
-    level = pl.col("split")
-    sums = [
-        pl.sum_horizontal(
-            pl.when(level >= s).then(pl.col(f"{a}_{s}")).otherwise(0) for s in range(N_SPLITS)
-        )
-        .fill_null(0)
-        .alias(a)
-        for a in AGGREGATES
-    ]
-    last_time = pl.max_horizontal(
-        pl.when(level >= s).then(pl.col(f"last_{s}")) for s in range(N_SPLITS)
-    ).alias("last_time")
-    return joined.select(*sums, last_time)
+    has_last = (last >= 0)[inverse]
+    return result.with_columns(
+        pl.when(pl.Series(has_last)).then(pl.col("last_time")).otherwise(None)
+    ).select(*AGGREGATES, "last_time")
+
+
+def _exclusive_sums(x: np.ndarray, key_start: np.ndarray) -> np.ndarray:
+    """Per-key exclusive cumulative sums of x (sorted by key): sum of x over the key's
+    earlier rows."""
+    inclusive = np.cumsum(x)
+    exclusive = inclusive - x
+    return exclusive - exclusive[key_start]
 
 
 def final_aggregates(events: pl.DataFrame, key: str) -> pl.DataFrame:
@@ -114,7 +134,12 @@ def final_aggregates(events: pl.DataFrame, key: str) -> pl.DataFrame:
 
 
 def recent_items(
-    events: pl.DataFrame, rows: pl.DataFrame, clicks_before: np.ndarray, n: int
+    events: pl.DataFrame,
+    rows: pl.DataFrame,
+    clicks_before: np.ndarray,
+    n: int,
+    *,
+    one_level: bool = False,
 ) -> np.ndarray:
     """The user's last `n` clicked item indices before each row, (R, n) int32, oldest
     first and right-aligned (PAD on the left).
@@ -127,6 +152,8 @@ def recent_items(
     out = np.full((rows.height, n), PAD, dtype=np.int32)
     offsets = np.arange(n) - n  # -n .. -1
     row_split = rows["split"].to_numpy()
+    if one_level:  # every split's clicks are visible to every row (by time alone)
+        row_split = np.full(rows.height, N_SPLITS - 1, dtype=np.int8)
     for s in range(N_SPLITS):
         at_level = np.flatnonzero(row_split == s)
         if at_level.size == 0:
@@ -139,19 +166,21 @@ def recent_items(
         )
         starts = clicked.group_by("user_id").agg(pl.col("position").first().alias("start"))
         start = (
-            rows[at_level]
-            .select("user_id")
+            rows.select("user_id")[at_level]
             .join(starts, on="user_id", how="left", maintain_order="left")["start"]
             .fill_null(0)
             .to_numpy()
             .astype(np.int64)
         )
         count = clicks_before[at_level].astype(np.int64)
-        position = start[:, None] + count[:, None] + offsets[None, :]  # (R_s, n)
-        valid = offsets[None, :] >= -count[:, None]
         items = clicked["item_idx"].to_numpy().astype(np.int32)
-        gathered = items[np.where(valid, position, 0)] if items.size else np.zeros_like(position)
-        out[at_level] = np.where(valid, gathered, PAD)
+        if items.size == 0:
+            continue
+        for begin in range(0, at_level.size, CHUNK_ROWS):  # bounds the (rows, n) temporaries
+            part = slice(begin, begin + CHUNK_ROWS)
+            position = start[part, None] + count[part, None] + offsets[None, :]
+            valid = offsets[None, :] >= -count[part, None]
+            out[at_level[part]] = np.where(valid, items[np.where(valid, position, 0)], PAD)
     return out
 
 

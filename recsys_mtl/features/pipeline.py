@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from recsys_mtl.config import FeaturesSection, PipelineConfig
@@ -115,7 +116,6 @@ def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
             pl.lit(True).alias("sampled"),
         )
         rows = pl.concat([rows, negatives], how="diagonal_relaxed")
-    rows = rows.sort("timestamp", maintain_order=True)
     parts = [rows, transform.context_features(rows)]
     if fc.history or fc.recent_items or "recency" in fc.time:
         history, history_parts = _history_features(events, rows, dataset.positive_only, fc)
@@ -127,11 +127,18 @@ def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
             history,
         )
         parts += history_parts
-    encoded = concat_columns(parts).sort("user_idx", "timestamp", "item_idx", maintain_order=True)
+    del rows, events
+    encoded = concat_columns(parts)
+    del parts
+    # One sort (a single copy of the wide frame); each split is then a zero-copy slice.
+    encoded = encoded.sort("split", "user_idx", "timestamp", "item_idx", maintain_order=True)
+    counts = np.bincount(encoded["split"].to_numpy(), minlength=len(SPLIT_NAMES))
+    starts = np.concatenate([[0], np.cumsum(counts)])
     splits = {
-        name: encoded.filter(pl.col("split") == code).drop("split")
+        name: encoded.slice(int(starts[code]), int(counts[code])).drop("split")
         for code, name in SPLIT_NAMES.items()
     }
+    del encoded
     spec = {
         "source": dataset.name,
         "positive_only": dataset.positive_only,
@@ -172,13 +179,25 @@ def _history_features(
     )
     timestamp = rows["timestamp"]
     train = rows["split"] == TRAIN
+    one_level = {"user": fc.split == "per_user_temporal", "item": False}
     raw = {
-        side: prior_aggregates(events, rows, f"{side}_id").with_columns(timestamp) for side in SIDES
+        side: prior_aggregates(rows, f"{side}_id", one_level=one_level[side]).with_columns(
+            timestamp
+        )
+        for side in SIDES
     }
     history.fit_scalers(raw["user"].filter(train), raw["item"].filter(train))
     parts = [history.features(raw[side], side, pl.col("timestamp")) for side in SIDES]
+    clicks_before = raw["user"]["clicks"].to_numpy()
+    del raw
     if fc.recent_items:
-        recent = recent_items(events, rows, raw["user"]["clicks"].to_numpy(), fc.recent_items)
+        recent = recent_items(
+            events,
+            rows,
+            clicks_before,
+            fc.recent_items,
+            one_level=one_level["user"],
+        )
         parts.append(
             pl.DataFrame(
                 {RECENT_ITEMS: pl.Series(recent, dtype=pl.Array(pl.Int32, fc.recent_items))}
