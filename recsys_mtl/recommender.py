@@ -119,7 +119,7 @@ class Recommender:
             known = self.transform.items.ids.values
             ids = pl.concat([pl.Series([None] * FIRST, dtype=known.dtype), known])
             frame = self.transform.serving_rows(pl.DataFrame({"item_id": ids}), "item")
-            self._item_rows = row_inputs(frame, self.transform.items.spec.rows)
+            self._item_rows = row_inputs(frame, self.transform.items.spec.rows, len(ids))
         return self._item_rows
 
     @torch.no_grad()
@@ -153,7 +153,7 @@ class Recommender:
         raw_ids = side.ids.cast(frame[side.spec.key], where)
         frame = frame.with_columns(raw_ids)
         idx = side.ids.encode(raw_ids, where).to_numpy().astype(np.int64)
-        rows = row_inputs(self.transform.serving_rows(frame, side_name), side.spec.rows)
+        rows = row_inputs(self.transform.serving_rows(frame, side_name), side.spec.rows, len(idx))
         inputs = encoder.lookup(torch.from_numpy(idx), rows)
         cold = idx == UNKNOWN
         if side.table is not None and cold.any():

@@ -202,3 +202,25 @@ def test_history_columns_exist_and_are_standardised_on_train(synthetic: Dataset)
     assert train["recent_items"].dtype == pl.Array(pl.Int32, 10)
     first_rows = train.group_by("user_id").agg(pl.col("user_clicks").first())
     assert first_rows["user_clicks"].n_unique() == 1  # everybody's first row knows nothing
+
+
+def test_a_model_without_row_features_serves_queries(synthetic: Dataset) -> None:
+    from recsys_mtl.model.multitask import build_model
+    from recsys_mtl.recommender import Recommender
+
+    config = config_from_dict(
+        {
+            "features": {"history": False, "recent_items": 0, "time": []},
+            "tracking": {"enabled": False},
+        }
+    )
+    built = build_features(synthetic, config)
+    assert built.transform.users.spec.rows == [] and built.transform.items.spec.rows == []
+    model = build_model(built.transform, config.model, config.tasks)
+    recommender = Recommender.from_training(
+        model, built.transform, built.train, config.retrieval, config.model
+    )
+    recommender.build_index("Flat")
+    out = recommender.recommend([0, 1, 10**9], k=3)  # a known, another, an unknown user
+    assert out.height == 9
+    assert recommender.predict(built.test.head(5)).height == 5

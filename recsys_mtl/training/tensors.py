@@ -15,9 +15,10 @@ from recsys_mtl.features.transform import FeatureTransform
 from recsys_mtl.model.embeddings import RowInputs
 
 
-def row_inputs(frame: pl.DataFrame, columns: list[ColumnSpec]) -> RowInputs:
-    """RowInputs from a frame's encoded row-feature columns (named as in `columns`)."""
-    n = frame.height
+def row_inputs(frame: pl.DataFrame, columns: list[ColumnSpec], n: int | None = None) -> RowInputs:
+    """RowInputs for n rows (default: the frame's height) from a frame's encoded
+    row-feature columns (named as in `columns`)."""
+    n = frame.height if n is None else n
     categorical = [c.name for c in columns if c.kind in EMBEDDED_KINDS]
     numeric = [c.name for c in columns if c.kind == "numeric"]
     lists = [c for c in columns if c.kind == "list"]
