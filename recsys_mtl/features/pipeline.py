@@ -166,7 +166,7 @@ def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
 def _history_features(
     events: pl.DataFrame, rows: pl.DataFrame, positive_only: bool, fc: FeaturesSection
 ) -> tuple[HistoryTransform, list[pl.DataFrame]]:
-    """Leak-free history aggregates, recency and recent items of `rows` (sorted by time)."""
+    """Leak-free history aggregates, recency and recent items of every row of `rows`."""
     events = events.select("user_id", "item_id", "item_idx", "timestamp", "split", *LABELS)
     history = HistoryTransform.fit(
         events.filter(pl.col("split") == TRAIN),
