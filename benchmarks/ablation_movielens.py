@@ -38,7 +38,7 @@ VARIANTS = [
     ("+ genres, year", _NO_HISTORY),
     ("+ history aggregates", ["features.recent_items=0", "features.time=[]"]),
     ("+ recent items", ["features.time=[]"]),
-    ("+ time (all features)", []),
+    ("+ time (all features)", ["features.time=['hour','weekday','recency']"]),
 ]
 
 
@@ -66,9 +66,10 @@ def main() -> None:
     rows = []
     for name, overrides in VARIANTS:
         metrics, seconds = run_variant(overrides, args.epochs)
-        rows.append({"variant": name, "overrides": overrides, "seconds": round(seconds, 1)} | {
-            m: round(metrics[m], 4) for m in METRICS if m in metrics
-        })
+        rows.append(
+            {"variant": name, "overrides": overrides, "seconds": round(seconds, 1)}
+            | {m: round(metrics[m], 4) for m in METRICS if m in metrics}
+        )
         print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ablation_movielens100k.json").write_text(json.dumps(rows, indent=2) + "\n")
