@@ -345,17 +345,14 @@ class FeatureTransform:
             raw = raw.with_columns(frame["timestamp"].cast(pl.Int64).alias("timestamp"))
             parts.append(self.history.features(raw, side, pl.col("timestamp")))
         if side == "user" and self.settings.recent_items:
-            recent = self._recent_items_for(frame[key])
+            assert self.history is not None
+            recent = self.history.state_recent_items(frame[key])
             parts.append(
                 pl.DataFrame(
                     {RECENT_ITEMS: pl.Series(recent, dtype=pl.Array(pl.Int32, recent.shape[1]))}
                 )
             )
         return concat_columns(parts)
-
-    def _recent_items_for(self, ids: pl.Series) -> np.ndarray:
-        assert self.history is not None
-        return self.history.state_recent_items(ids)
 
     def encode_pairs(self, frame: pl.DataFrame, where: str = "input") -> pl.DataFrame:
         """Add `user_idx` / `item_idx` (Int32) to a frame with user_id and item_id."""
