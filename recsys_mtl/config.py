@@ -203,6 +203,11 @@ class TaskConfig:
     )
     head: str = _doc("'dot' (inner product, retrievable) or 'mlp'.", "mlp")
     weight: float = _doc("Static loss weight.", 1.0)
+    input_from: str = _doc(
+        "Another task whose representation this task's head also reads (e.g. rating reads "
+        "purchase's); empty for none.",
+        "",
+    )
 
 
 def _default_tasks() -> dict[str, TaskConfig]:
@@ -215,12 +220,28 @@ def _default_tasks() -> dict[str, TaskConfig]:
 
 @dataclass
 class ModelSection:
-    sharing: str = _doc("Sharing architecture (registered name), e.g. 'hard'.", "hard")
+    sharing: str = _doc(
+        "Sharing architecture: 'none' (one model per task group), 'hard' (shared bottom), "
+        "'cross_stitch' or 'soft_l2' (per-task towers tied softly), 'mmoe', 'cgc', 'ple'.",
+        "hard",
+    )
     embedding_dim: int = _doc("Dimension of every id and side-feature embedding.", 32)
     hidden_dims: list[int] = _doc("Widths of the shared tower layers.", factory=lambda: [64])
     output_dim: int = _doc("Dimension of the exported user/item vectors (before the bias).", 32)
     head_hidden_dim: int = _doc("Width of the hidden layer of MLP heads.", 32)
     dropout: float = _doc("Dropout in the shared towers.", 0.0)
+    experts: int = _doc("MMoE: number of shared experts.", 4)
+    shared_experts: int = _doc("CGC/PLE: number of shared experts per level.", 2)
+    task_experts: int = _doc("CGC/PLE: number of experts owned by each task group per level.", 1)
+    levels: int = _doc("PLE: number of extraction levels (CGC is PLE with one).", 2)
+    tie_strength: float = _doc(
+        "soft_l2: penalty on the squared distance between the task towers' parameters.", 1e-2
+    )
+    task_groups: list[list[str]] = _doc(
+        "Tasks of a group share a tower ('none', 'cross_stitch', 'soft_l2'), a gate ('mmoe') "
+        "or their specific experts ('cgc', 'ple'); unlisted tasks form their own groups.",
+        factory=list,
+    )
 
 
 @dataclass
@@ -241,6 +262,11 @@ class TrainingSection:
     )
     progress: bool = _doc("Show a progress bar per epoch.", True)
     threads: int = _doc("torch intra-op threads; 0 keeps torch's default.", 0)
+    relation_every: int = _doc(
+        "Measure the task relation matrix (cosine of task gradients on the shared embeddings) "
+        "every this many batches; 0 turns it off.",
+        25,
+    )
 
 
 @dataclass
@@ -497,11 +523,23 @@ def validate(config: PipelineConfig) -> None:
                     fix="make the dependencies a tree, e.g. purchase depends_on click",
                 )
             chain.append(parent_name)
+    for name, task in config.tasks.items():
+        if task.input_from and (task.input_from not in config.tasks or task.input_from == name):
+            raise RecsysError(
+                f"task '{name}' reads input_from unknown task '{task.input_from}'",
+                fix=f"use another task's name from {sorted(config.tasks)}, or remove input_from",
+            )
+    _validate_model(config.model, config.tasks)
     dot_heads = [n for n, t in config.tasks.items() if t.head == "dot"]
     if len(dot_heads) != 1 or config.tasks[dot_heads[0]].kind != "binary":
         raise RecsysError(
             "exactly one binary task must use head = 'dot' (the retrievable click score)",
             fix="set head = 'dot' on the click task only",
+        )
+    if config.tasks[dot_heads[0]].input_from:
+        raise RecsysError(
+            f"the retrievable task '{dot_heads[0]}' cannot read input_from another task",
+            fix=f"remove input_from from task '{dot_heads[0]}'",
         )
     for name, value in [
         ("training.epochs", config.training.epochs),
@@ -514,6 +552,37 @@ def validate(config: PipelineConfig) -> None:
             raise RecsysError(f"{name} must be positive, got {value}", fix=f"set {name} >= 1")
     if any(k <= 0 for k in config.evaluation.k):
         raise RecsysError("evaluation.k values must be positive", fix="use e.g. k = [10, 20]")
+
+
+def _validate_model(m: ModelSection, tasks: dict[str, TaskConfig]) -> None:
+    for setting, number in [
+        ("model.experts", m.experts),
+        ("model.levels", m.levels),
+        ("model.task_experts", m.task_experts),
+    ]:
+        if number <= 0:
+            raise RecsysError(
+                f"{setting} must be positive, got {number}", fix=f"set {setting} >= 1"
+            )
+    if m.shared_experts < 0 or m.tie_strength < 0:
+        raise RecsysError(
+            "model.shared_experts and model.tie_strength must be >= 0",
+            fix="use e.g. shared_experts = 2, tie_strength = 0.01",
+        )
+    seen: dict[str, int] = {}
+    for number, group in enumerate(m.task_groups):
+        for name in group:
+            if name not in tasks:
+                raise RecsysError(
+                    f"model.task_groups[{number}] names unknown task '{name}'",
+                    fix=f"use task names from {sorted(tasks)}",
+                )
+            if name in seen:
+                raise RecsysError(
+                    f"task '{name}' is in model.task_groups[{seen[name]}] and [{number}]",
+                    fix="put every task in at most one group",
+                )
+            seen[name] = number
 
 
 def _one_of(setting: str, value: str, allowed: tuple[str, ...]) -> None:

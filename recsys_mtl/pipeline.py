@@ -4,6 +4,7 @@ Each stage reads what the previous one wrote under `pipeline.output_dir`:
   features/   the feature set (features.pipeline)
   checkpoints/best.pt, last.pt
   model/      the recommender bundle (recommender.py)
+  training/   task relations and gate utilisation (JSON and heatmaps)
   reports/    test metrics as JSON
 """
 
@@ -28,11 +29,12 @@ from recsys_mtl.evaluation.evaluate import (
 )
 from recsys_mtl.features.pipeline import FeatureSet, build_features, save_features
 from recsys_mtl.features.vocab import FIRST
+from recsys_mtl.model.architectures import SHARING
 from recsys_mtl.model.multitask import build_model
-from recsys_mtl.model.sharing import SHARING
 from recsys_mtl.objectives.weighting import WEIGHTING
 from recsys_mtl.recommender import Recommender
 from recsys_mtl.tracking import NoopTracker, Tracker
+from recsys_mtl.training.diagnostics import write_training_diagnostics
 from recsys_mtl.training.tensors import TensorData, predict_arrays
 from recsys_mtl.training.trainer import Trainer, TrainingResult
 
@@ -52,6 +54,10 @@ class Paths:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def training(self) -> Path:
+        return self.root / "training"
 
     @property
     def reports(self) -> Path:
@@ -121,9 +127,10 @@ def train_stage(
         config.model,
     )
     recommender.save(Paths(config.output_path).model)
-    (tracker or NoopTracker()).log_metrics(
-        {"train/seconds": result.seconds, "train/best_epoch": result.best_epoch}
-    )
+    tracker = tracker or NoopTracker()
+    tracker.log_metrics({"train/seconds": result.seconds, "train/best_epoch": result.best_epoch})
+    if write_training_diagnostics(result, Paths(config.output_path).training):
+        tracker.log_artifact(Paths(config.output_path).training, "training")
     return recommender, result
 
 

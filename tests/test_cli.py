@@ -189,7 +189,14 @@ def test_predict_scores_every_row_in_order_with_each_model_form(
         results.append(pl.read_parquet(out))
 
     first = results[0]
-    assert first.columns == ["user_id", "item_id", "p_click", "p_purchase", "rating_pred"]
+    assert first.columns == [
+        "user_id",
+        "item_id",
+        "p_click",
+        "p_purchase",
+        "p_purchase_given_click",
+        "rating_pred",
+    ]
     assert_frame_equal(first.select("user_id", "item_id"), pairs)
     for column in ("p_click", "p_purchase"):
         assert first[column].is_between(0.0, 1.0).all()
@@ -238,7 +245,7 @@ def test_recommend_excludes_seen_items_for_each_way_of_naming_users(
         frames.append(pl.read_parquet(out))
 
     recs = frames[0]
-    heads = ["p_click", "p_purchase", "rating_pred"]
+    heads = ["p_click", "p_purchase", "p_purchase_given_click", "rating_pred"]
     assert recs.columns == ["user_id", "rank", "item_id", "score", *heads]
     comparable = [f.with_columns(pl.col("user_id").cast(pl.Int64)) for f in frames]
     for other in comparable[1:]:

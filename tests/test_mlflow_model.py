@@ -105,7 +105,14 @@ def test_pyfunc_scores_user_item_pairs_like_recommender_predict(
         ]
     )
     scored = pyfunc.predict(pairs.to_pandas())
-    assert list(scored.columns) == ["user_id", "item_id", "p_click", "p_purchase", "rating_pred"]
+    assert list(scored.columns) == [
+        "user_id",
+        "item_id",
+        "p_click",
+        "p_purchase",
+        "p_purchase_given_click",
+        "rating_pred",
+    ]
     assert scored["user_id"].tolist() == pairs["user_id"].to_list()
     assert scored["item_id"].tolist() == pairs["item_id"].to_list()
     expected = recommender.predict(pairs).to_pandas()

@@ -104,7 +104,8 @@ def test_funnel_on_hand_made_logits(small) -> None:
     purchase = torch.tensor([0.0, -1.0, 5.0, 40.0, -20.0])
     outputs = {"click": click, "purchase": purchase, "rating": torch.full((5,), 3.0)}
     predictions = model.predictions(outputs)
-    assert set(predictions) == {"p_click", "p_purchase", "rating_pred"}
+    assert set(predictions) == {"p_click", "p_purchase", "p_purchase_given_click", "rating_pred"}
+    torch.testing.assert_close(predictions["p_purchase_given_click"], torch.sigmoid(purchase))
     assert predictions["p_click"][0].item() == pytest.approx(0.5)
     assert predictions["p_purchase"][0].item() == pytest.approx(0.25)
     expected = torch.sigmoid(click) * torch.sigmoid(purchase)

@@ -22,7 +22,7 @@ from recsys_mtl.training.tensors import TensorData, predict_arrays
 
 K = 8
 CLICK_ONLY = {"click": 1.0, "purchase": 0.0, "rating": 0.0}
-HEAD_COLUMNS = ["p_click", "p_purchase", "rating_pred"]
+HEAD_COLUMNS = ["p_click", "p_purchase", "p_purchase_given_click", "rating_pred"]
 
 
 @pytest.fixture(scope="module")

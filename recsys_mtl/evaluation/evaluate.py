@@ -14,7 +14,7 @@ import polars as pl
 from recsys_mtl.config import TaskConfig
 from recsys_mtl.evaluation.metrics import auc, gauc, log_loss, mae, ranking_metrics, rmse
 from recsys_mtl.features.vocab import FIRST
-from recsys_mtl.model.multitask import output_column
+from recsys_mtl.model.multitask import conditional_column, output_column
 from recsys_mtl.recommender import Recommender, csr_rows
 from recsys_mtl.training.tensors import TensorData
 
@@ -40,7 +40,8 @@ def pointwise_metrics(
 ) -> dict[str, float]:
     """AUC, GAUC and log loss for binary tasks, RMSE and MAE for regression, each on the
     rows where the task's label exists. A dependent task (purchase) also gets its AUC
-    among the rows where its parent is positive (`purchase_auc_given_click`)."""
+    among the rows where its parent is positive (`purchase_auc_given_click`), scored by
+    the conditional probability p(purchase | click) when the predictions hold it."""
     users = data.users.numpy()
     out: dict[str, float] = {}
     for name, task in tasks.items():
@@ -59,7 +60,8 @@ def pointwise_metrics(
             parent = task.depends_on
             if parent and parent in data.labels:
                 given = mask & (data.labels[parent].numpy() == 1)
-                out[f"{name}_auc_given_{parent}"] = auc(labels[given], pred[given])
+                conditional = predictions.get(conditional_column(name, task), pred)
+                out[f"{name}_auc_given_{parent}"] = auc(labels[given], conditional[given])
         else:
             out[f"{name}_rmse"] = rmse(labels[mask], pred[mask])
             out[f"{name}_mae"] = mae(labels[mask], pred[mask])

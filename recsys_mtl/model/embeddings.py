@@ -73,6 +73,7 @@ class SideEncoder(nn.Module):
         for name, values in table.lists.items():
             self.register_buffer(f"list_table_{name}", torch.from_numpy(values))
         self.out_dim = dim * (1 + len(self.categorical) + len(self.lists) + (1 if n_numeric else 0))
+        self.copy_dim = self.out_dim
         for emb in [self.id_embedding, *self.categorical, *self.lists.values()]:
             nn.init.normal_(emb.weight, std=0.05)
             with torch.no_grad():
@@ -116,6 +117,30 @@ class SideEncoder(nn.Module):
         if self.numeric is not None:
             parts.append(self.numeric(inputs.numeric))
         return torch.cat(parts, dim=-1)
+
+    def forward(self, ids: torch.Tensor, rows: RowInputs | None = None) -> torch.Tensor:
+        return self.encode(self.lookup(ids, rows))
+
+
+class StackedEncoder(nn.Module):
+    """Independent copies of one side's encoder (separate embedding tables per task group,
+    for the no-sharing baseline): the same inputs, outputs concatenated (B, copies * D)."""
+
+    def __init__(self, encoders: list[SideEncoder]) -> None:
+        super().__init__()
+        self.copies = nn.ModuleList(encoders)
+        self.spec = encoders[0].spec
+        self.copy_dim = encoders[0].out_dim
+        self.out_dim = self.copy_dim * len(encoders)
+
+    def lookup(self, ids: torch.Tensor, rows: RowInputs | None = None) -> SideInputs:
+        return self.copies[0].lookup(ids, rows)
+
+    def default_rows(self, n: int) -> RowInputs:
+        return self.copies[0].default_rows(n)
+
+    def encode(self, inputs: SideInputs) -> torch.Tensor:
+        return torch.cat([encoder.encode(inputs) for encoder in self.copies], dim=-1)
 
     def forward(self, ids: torch.Tensor, rows: RowInputs | None = None) -> torch.Tensor:
         return self.encode(self.lookup(ids, rows))

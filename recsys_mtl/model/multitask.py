@@ -11,9 +11,9 @@ from torch.nn import functional as F
 
 from recsys_mtl.config import ModelSection, TaskConfig
 from recsys_mtl.features.transform import FeatureTransform
-from recsys_mtl.model.embeddings import RowInputs, SideEncoder, SideInputs
+from recsys_mtl.model.architectures import Sharing, build_sharing, embedding_copies
+from recsys_mtl.model.embeddings import RowInputs, SideEncoder, SideInputs, StackedEncoder
 from recsys_mtl.model.heads import DotHead, MlpHead
-from recsys_mtl.model.sharing import SHARING
 
 
 def task_order(tasks: dict[str, TaskConfig]) -> list[str]:
@@ -40,20 +40,26 @@ def output_column(name: str, task: TaskConfig) -> str:
     return f"p_{name}" if task.kind == "binary" else f"{name}_pred"
 
 
+def conditional_column(name: str, task: TaskConfig) -> str:
+    """Column of a dependent task's conditional probability, e.g. p_purchase_given_click."""
+    return f"p_{name}_given_{task.depends_on}"
+
+
 class MultiTaskModel(nn.Module):
     """Shared user/item encoders feed a sharing block and per-task heads.
 
     `forward` returns each task's raw output (B,): a logit for binary tasks (for a task
     that depends on another, the conditional logit, e.g. purchase given click) and the
     prediction for regression tasks. `log_probabilities` applies the entire-space
-    funnel: log p(purchase) = log p(click) + log p(purchase | click).
+    funnel: log p(purchase) = log p(click) + log p(purchase | click). A task with
+    `input_from` reads its own representation concatenated with that task's.
     """
 
     def __init__(
         self,
-        user_encoder: SideEncoder,
-        item_encoder: SideEncoder,
-        sharing: nn.Module,
+        user_encoder: SideEncoder | StackedEncoder,
+        item_encoder: SideEncoder | StackedEncoder,
+        sharing: Sharing,
         heads: nn.ModuleDict,
         tasks: dict[str, TaskConfig],
     ) -> None:
@@ -83,9 +89,31 @@ class MultiTaskModel(nn.Module):
             self.user_encoder.encode(users), self.item_encoder.encode(items)
         )
 
+    def encode(
+        self,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+        user_rows: RowInputs | None = None,
+        item_rows: RowInputs | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared embeddings' output: users (B, Du) and items (B, Di)."""
+        return self.user_encoder(user_idx, user_rows), self.item_encoder(item_idx, item_rows)
+
     def forward_encoded(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
         reprs = self.sharing(users, items)
-        return {name: self.heads[name](*reprs[name]) for name in self.order}
+        outputs = {}
+        for name in self.order:
+            user, item = reprs[name]
+            source = self.tasks[name].input_from
+            if source:
+                user = torch.cat([user, reprs[source][0]], dim=-1)
+                item = torch.cat([item, reprs[source][1]], dim=-1)
+            outputs[name] = self.heads[name](user, item)
+        return outputs
+
+    def penalty(self) -> torch.Tensor | None:
+        """The sharing block's extra loss term (soft parameter sharing), or None."""
+        return self.sharing.penalty()
 
     def log_probabilities(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """log p of every binary task (B,), with dependencies multiplied in."""
@@ -100,14 +128,16 @@ class MultiTaskModel(nn.Module):
         return log_p
 
     def predictions(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Named predictions (B,): p_<task> for binary tasks, <task>_pred for regression."""
+        """Named predictions (B,): p_<task> for binary tasks, <task>_pred for regression,
+        and p_<task>_given_<parent> for dependent tasks."""
         log_p = self.log_probabilities(outputs)
-        return {
-            output_column(name, self.tasks[name]): (
-                log_p[name].exp() if name in log_p else outputs[name]
-            )
-            for name in self.order
-        }
+        named = {}
+        for name in self.order:
+            task = self.tasks[name]
+            named[output_column(name, task)] = log_p[name].exp() if name in log_p else outputs[name]
+            if task.depends_on:
+                named[conditional_column(name, task)] = torch.sigmoid(outputs[name])
+        return named
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         """Encoded users (B, Du) -> retrieval vectors (B, D + 1)."""
@@ -127,23 +157,23 @@ def build_model(
     label_means: dict[str, float] | None = None,
 ) -> MultiTaskModel:
     """Build a model whose feature tables come from the fitted transform."""
-    user_encoder = SideEncoder(
-        transform.users.spec, transform.users.feature_table(), cfg.embedding_dim
-    )
-    item_encoder = SideEncoder(
-        transform.items.spec, transform.items.feature_table(), cfg.embedding_dim
-    )
-    if cfg.sharing not in SHARING:
-        raise KeyError(cfg.sharing)
-    sharing = SHARING[cfg.sharing](user_encoder.out_dim, item_encoder.out_dim, list(tasks), cfg)
+    copies = embedding_copies(cfg, list(tasks))
+    encoders = []
+    for side in (transform.users, transform.items):
+        table = side.feature_table()
+        parts = [SideEncoder(side.spec, table, cfg.embedding_dim) for _ in range(copies)]
+        encoders.append(parts[0] if copies == 1 else StackedEncoder(parts))
+    user_encoder, item_encoder = encoders
+    sharing = build_sharing(user_encoder.copy_dim, item_encoder.copy_dim, list(tasks), cfg)
     label_means = label_means or {}
     heads = nn.ModuleDict()
     for name, task in tasks.items():
+        width = sharing.out_dim * (2 if task.input_from else 1)
         if task.head == "dot":
-            heads[name] = DotHead(sharing.out_dim, cfg.output_dim)
+            heads[name] = DotHead(width, cfg.output_dim)
         else:
             offset = label_means.get(name, 0.0) if task.kind == "regression" else 0.0
-            heads[name] = MlpHead(sharing.out_dim, cfg.head_hidden_dim, offset)
+            heads[name] = MlpHead(width, cfg.head_hidden_dim, offset)
     return MultiTaskModel(user_encoder, item_encoder, sharing, heads, tasks)
 
 

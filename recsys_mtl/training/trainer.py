@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -18,15 +19,22 @@ from recsys_mtl.model.multitask import MultiTaskModel
 from recsys_mtl.objectives.losses import task_losses
 from recsys_mtl.objectives.weighting import WeightingStrategy
 from recsys_mtl.tracking import NoopTracker, Tracker
+from recsys_mtl.training.relations import task_gradient_cosines
 from recsys_mtl.training.tensors import TensorData, predict_arrays
 
 
 @dataclass
 class TrainingResult:
+    """The selected epoch and per-epoch records: metrics, task relation matrices (T, T)
+    over `tasks`, and gate utilisation (mixtures of experts; see Sharing.gate_utilisation)."""
+
     best_epoch: int
     best_score: float
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    tasks: list[str] = field(default_factory=list)
+    relations: dict[int, list[list[float]]] = field(default_factory=dict)
+    gates: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -58,12 +66,21 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
+        self.relations: dict[int, list[list[float]]] = {}
+        self.gates: dict[int, dict[str, Any]] = {}
 
     def train_epoch(self, data: TensorData, epoch: int) -> dict[str, float]:
-        """One pass over shuffled `data`; returns train/<task>_loss and weight/<task>."""
+        """One pass over shuffled `data`; returns train/<task>_loss, weight/<task>,
+        train/penalty and relation/<a>-<b> (the task relation matrix, every
+        `relation_every` batches). The epoch's relation matrix and gate utilisation are
+        kept in `self.relations` / `self.gates`."""
         self.model.train()
+        self.model.sharing.reset_gate_utilisation()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         sums = {name: torch.zeros(()) for name in self.tasks}
+        penalty_sum = torch.zeros(())
+        relation_sum, n_relations = np.zeros((len(self.tasks),) * 2), 0
+        every = self.cfg.relation_every
         weights: dict[str, float] = {}
         n_batches = 0
         batches = data.shuffled(generator).batches(self.cfg.batch_size)
@@ -77,10 +94,20 @@ class Trainer:
             unit="batch",
         )
         for batch in bar:
-            outputs = self.model(batch.users, batch.items, batch.user_rows, batch.item_rows)
+            users, items = self.model.encode(
+                batch.users, batch.items, batch.user_rows, batch.item_rows
+            )
+            outputs = self.model.forward_encoded(users, items)
             log_p = self.model.log_probabilities(outputs)
             losses = task_losses(outputs, log_p, batch.labels, self.tasks)
+            if every and n_batches % every == 0:
+                relation_sum += task_gradient_cosines(losses, (users, items))
+                n_relations += 1
             total, weights = self.weighting(losses)
+            penalty = self.model.penalty()
+            if penalty is not None:
+                total = total + penalty
+                penalty_sum += penalty.detach()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
@@ -90,6 +117,19 @@ class Trainer:
         bar.close()
         metrics = {f"train/{n}_loss": float(s) / max(n_batches, 1) for n, s in sums.items()}
         metrics.update({f"weight/{n}": w for n, w in weights.items()})
+        metrics["train/penalty"] = float(penalty_sum) / max(n_batches, 1)
+        names = list(self.tasks)
+        if n_relations:
+            relation = relation_sum / n_relations
+            self.relations[epoch] = relation.tolist()
+            metrics.update(
+                {
+                    f"relation/{names[a]}-{names[b]}": float(relation[a, b])
+                    for a in range(len(names))
+                    for b in range(a + 1, len(names))
+                }
+            )
+        self.gates[epoch] = self.model.sharing.gate_utilisation()
         self.weighting.on_epoch_end({n: metrics[f"train/{n}_loss"] for n in self.tasks})
         return metrics
 
@@ -101,6 +141,9 @@ class Trainer:
     def fit(self, train: TensorData, validation: TensorData) -> TrainingResult:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        # Weight decay drives rarely seen embedding rows towards zero; as subnormal floats
+        # they made each epoch several times slower than the last (measured on ML-100K).
+        torch.set_flush_denormal(True)
         torch.manual_seed(self.seed)
         start = time.perf_counter()
         best_state, best_score, best_epoch, stale = None, None, 0, 0
@@ -129,7 +172,13 @@ class Trainer:
         if best_state is not None:
             self.model.load_state_dict(best_state)
         return TrainingResult(
-            best_epoch, float(best_score or 0.0), history, time.perf_counter() - start
+            best_epoch,
+            float(best_score or 0.0),
+            history,
+            time.perf_counter() - start,
+            list(self.tasks),
+            self.relations,
+            self.gates,
         )
 
     def _checkpoint(self, name: str, epoch: int) -> None:
