@@ -262,6 +262,12 @@ class TrainingSection:
     )
     progress: bool = _doc("Show a progress bar per epoch.", True)
     threads: int = _doc("torch intra-op threads; 0 keeps torch's default.", 0)
+    retrieval_loss_weight: float = _doc(
+        "Weight of an extra in-batch softmax loss on the retrievable (dot) head over each "
+        "batch's clicked rows, with log-frequency correction; 0 turns it off. It trains the "
+        "exported vectors for ranking (Recall@K) on top of the pointwise click loss.",
+        0.0,
+    )
     relation_every: int = _doc(
         "Measure the task relation matrix (cosine of task gradients on the shared embeddings) "
         "every this many batches; 0 turns it off.",

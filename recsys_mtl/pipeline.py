@@ -30,7 +30,7 @@ from recsys_mtl.evaluation.evaluate import (
 from recsys_mtl.features.pipeline import FeatureSet, build_features, save_features
 from recsys_mtl.features.vocab import FIRST
 from recsys_mtl.model.architectures import SHARING
-from recsys_mtl.model.multitask import build_model
+from recsys_mtl.model.multitask import MultiTaskModel, build_model
 from recsys_mtl.objectives.weighting import WEIGHTING
 from recsys_mtl.recommender import Recommender
 from recsys_mtl.tracking import NoopTracker, Tracker
@@ -97,6 +97,14 @@ def _check_registered(config: PipelineConfig) -> None:
             raise RecsysError(f"unknown {key} '{value}'", fix=f"use one of {sorted(registry)}")
 
 
+def item_log_frequency(train: TensorData, model: MultiTaskModel) -> torch.Tensor:
+    """log of each item's share of the training clicks (+1 smoothing), (n_items,)."""
+    clicked = train.labels[model.retrieval_task] == 1
+    n_items = model.item_encoder.spec.id_vocab_size
+    counts = torch.bincount(train.items[clicked], minlength=n_items).float() + 1.0
+    return torch.log(counts / counts.sum())
+
+
 def train_stage(
     config: PipelineConfig, features: FeatureSet, tracker: Tracker | None = None
 ) -> tuple[Recommender, TrainingResult]:
@@ -114,6 +122,7 @@ def train_stage(
         config.pipeline.seed,
         tracker,
         Paths(config.output_path).checkpoints,
+        item_log_frequency(train, model),
     )
     try:
         result = trainer.fit(train, validation)

@@ -130,10 +130,12 @@ class Recommender:
         return self.model.item_vectors(items).numpy().astype(np.float32)
 
     @torch.no_grad()
-    def user_vectors(self, user_ids: pl.Series, where: str = "request") -> np.ndarray:
+    def user_vectors(self, users: pl.Series | pl.DataFrame, where: str = "request") -> np.ndarray:
         """(U, D + 1) float32 retrieval vectors of raw user ids (unknown ids served from
-        their side features and state, or as the unknown user)."""
-        inputs = self._side_inputs("user", pl.DataFrame({"user_id": user_ids}), where)
+        their side features and state, or as the unknown user). `users` is a Series of
+        ids or a frame with `user_id` and optionally the request `timestamp` and context."""
+        frame = users if isinstance(users, pl.DataFrame) else pl.DataFrame({"user_id": users})
+        inputs = self._side_inputs("user", frame, where)
         encoded = self.model.user_encoder.encode(inputs)
         return self.model.user_vectors(encoded).numpy().astype(np.float32)
 

@@ -240,3 +240,22 @@ def test_model_recovers_planted_structure(tmp_path: Path) -> None:
     # the model beats popularity at ranking too
     assert metrics["test/recall@10"] > metrics["popularity/recall@10"]
     assert (tmp_path / "run" / "reports" / "metrics.json").is_file()
+
+
+def test_in_batch_softmax_loss_by_hand() -> None:
+    from recsys_mtl.objectives.losses import in_batch_softmax_loss
+
+    users = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    items = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    item_idx = torch.tensor([5, 6, 5])  # rows 0 and 2 share an item: not each other's negative
+    log_q = torch.zeros(10)
+    log_q[5], log_q[6] = math.log(0.5), math.log(0.25)
+    logits = users @ items.T - log_q[item_idx].unsqueeze(0)
+    expected = []
+    for i, allowed in enumerate([[0, 1], [0, 1, 2], [1, 2]]):
+        row = logits[i, allowed]
+        expected.append(-(logits[i, i] - torch.logsumexp(row, 0)))
+    loss = in_batch_softmax_loss(users, items, item_idx, log_q)
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
+    # one clicked row: nothing to contrast, no loss
+    assert in_batch_softmax_loss(users[:1], items[:1], item_idx[:1]).item() == 0.0

@@ -107,9 +107,18 @@ def ranking_evaluation(
     are excluded. Ranking is exact (a Flat index over the item vectors), whatever index
     the bundle serves with. With `item_popularity` (n_items - 2,) also the popularity
     baseline under `popularity/...` keys.
+
+    Each user's request is served as of the user's first test impression (its
+    timestamp, when `test` has one): the moment the user comes back, so time features
+    such as the recency of the user's previous event are what they would be then.
     """
     from recsys_mtl.retrieval.index import ItemIndex
 
+    request_times = (
+        test.group_by("user_id").agg(pl.col("timestamp").min())
+        if "timestamp" in test.columns
+        else None
+    )
     test = recommender.transform.encode_pairs(test.select("user_id", "item_id", "click"))
     test_users = (
         test.filter((pl.col("click") == 1) & (pl.col("item_idx") >= FIRST))
@@ -122,7 +131,10 @@ def ranking_evaluation(
     seen_indptr, seen_items = csr_rows(recommender.seen_indptr, recommender.seen_items, user_idx)
     rel_indptr, rel_items = interactions_csr(test, test_users)
     k_max = max(ks)
-    user_vectors = recommender.user_vectors(test_users)
+    requests = pl.DataFrame({"user_id": test_users})
+    if request_times is not None:
+        requests = requests.join(request_times, on="user_id", how="left", maintain_order="left")
+    user_vectors = recommender.user_vectors(requests)
     rankers = {"": (ItemIndex.build(recommender.item_vectors(), "Flat"), user_vectors)}
     if item_popularity is not None:
         rankers["popularity/"] = (

@@ -46,3 +46,26 @@ def task_losses(
             per_row = F.binary_cross_entropy_with_logits(outputs[name], y, reduction="none")
         losses[name] = _masked_mean(per_row, mask)
     return losses
+
+
+def in_batch_softmax_loss(
+    user_vectors: torch.Tensor,
+    item_vectors: torch.Tensor,
+    item_idx: torch.Tensor,
+    log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Retrieval loss over P clicked (user, item) rows (P, D): a softmax over the batch's
+    clicked items in which row i's positive is item i and the other rows' items are its
+    negatives (rows with the same item are masked out). `log_q` (n_items,) is the log
+    probability of an item appearing as an in-batch negative (its click frequency); it is
+    subtracted from the logits so popular items are not over-penalised (Yi et al., 2019)."""
+    n = user_vectors.shape[0]
+    if n < 2:
+        return user_vectors.sum() * 0.0
+    logits = user_vectors @ item_vectors.T  # (P, P)
+    if log_q is not None:
+        logits = logits - log_q[item_idx].unsqueeze(0)
+    same_item = item_idx.unsqueeze(0) == item_idx.unsqueeze(1)
+    diagonal = torch.eye(n, dtype=torch.bool)
+    logits = logits.masked_fill(same_item & ~diagonal, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(n))

@@ -16,7 +16,7 @@ from recsys_mtl.atomic import atomic_path
 from recsys_mtl.config import TaskConfig, TrainingSection
 from recsys_mtl.evaluation.evaluate import metric_is_better, pointwise_metrics
 from recsys_mtl.model.multitask import MultiTaskModel
-from recsys_mtl.objectives.losses import task_losses
+from recsys_mtl.objectives.losses import in_batch_softmax_loss, task_losses
 from recsys_mtl.objectives.weighting import WeightingStrategy
 from recsys_mtl.tracking import NoopTracker, Tracker
 from recsys_mtl.training.relations import task_gradient_cosines
@@ -55,7 +55,10 @@ class Trainer:
         seed: int,
         tracker: Tracker | None = None,
         checkpoint_dir: Path | None = None,
+        item_log_frequency: torch.Tensor | None = None,
     ) -> None:
+        """`item_log_frequency` (n_items,): log click frequency of each item in training,
+        the correction of the in-batch retrieval loss (`training.retrieval_loss_weight`)."""
         self.model = model
         self.tasks = tasks
         self.weighting = weighting
@@ -66,6 +69,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
+        self.item_log_frequency = item_log_frequency
         self.relations: dict[int, list[list[float]]] = {}
         self.gates: dict[int, dict[str, Any]] = {}
 
@@ -79,6 +83,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         sums = {name: torch.zeros(()) for name in self.tasks}
         penalty_sum = torch.zeros(())
+        retrieval_sum = torch.zeros(())
         relation_sum, n_relations = np.zeros((len(self.tasks),) * 2), 0
         every = self.cfg.relation_every
         weights: dict[str, float] = {}
@@ -108,6 +113,10 @@ class Trainer:
             if penalty is not None:
                 total = total + penalty
                 penalty_sum += penalty.detach()
+            if self.cfg.retrieval_loss_weight:
+                retrieval = self._retrieval_loss(batch, users, items)
+                total = total + self.cfg.retrieval_loss_weight * retrieval
+                retrieval_sum += retrieval.detach()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
@@ -118,6 +127,8 @@ class Trainer:
         metrics = {f"train/{n}_loss": float(s) / max(n_batches, 1) for n, s in sums.items()}
         metrics.update({f"weight/{n}": w for n, w in weights.items()})
         metrics["train/penalty"] = float(penalty_sum) / max(n_batches, 1)
+        if self.cfg.retrieval_loss_weight:
+            metrics["train/retrieval_loss"] = float(retrieval_sum) / max(n_batches, 1)
         names = list(self.tasks)
         if n_relations:
             relation = relation_sum / n_relations
@@ -132,6 +143,17 @@ class Trainer:
         self.gates[epoch] = self.model.sharing.gate_utilisation()
         self.weighting.on_epoch_end({n: metrics[f"train/{n}_loss"] for n in self.tasks})
         return metrics
+
+    def _retrieval_loss(
+        self, batch: TensorData, users: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        clicked = batch.labels[self.model.retrieval_task] == 1
+        return in_batch_softmax_loss(
+            self.model.user_vectors(users[clicked]),
+            self.model.item_vectors(items[clicked]),
+            batch.items[clicked],
+            self.item_log_frequency,
+        )
 
     def validate(self, data: TensorData) -> dict[str, float]:
         predictions = predict_arrays(self.model, data)

@@ -1,0 +1,213 @@
+"""Every sharing architecture against single-task baselines on MovieLens-100K, over seeds.
+
+For each seed: the features of pipelines/movielens-100k.toml are built once; then every
+registered architecture is trained and evaluated, and the single-task baselines are
+trained by the same code: `model.sharing = "none"` with the tasks decoupled (purchase
+without the click funnel, rating without purchase's representation), i.e. one model per
+task, once per task with early stopping on that task's validation metric.
+
+Δm (Maninis et al., 2019) is the mean over the three tasks of the relative gain of the
+multi-task model over its single-task baseline on the task's main metric (click AUC,
+purchase AUC, rating RMSE with the sign flipped), per seed; reported as mean ± std.
+
+    .venv/bin/python benchmarks/architectures_movielens.py            # needs data/raw/ml-100k
+    .venv/bin/python benchmarks/architectures_movielens.py --seeds 42 --sharing hard mmoe
+
+Writes benchmarks/results/architectures_movielens100k.{json,md}. Run it alone: two torch
+processes on two cores slow each other down many times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PIPELINE = ROOT / "pipelines" / "movielens-100k.toml"
+METRICS = (
+    "test/click_auc",
+    "test/purchase_auc",
+    "test/purchase_auc_given_click",
+    "test/rating_rmse",
+    "test/recall@10",
+    "test/ndcg@10",
+)
+TARGETS = {
+    "test/click_auc": 0.87,
+    "test/purchase_auc": 0.89,
+    "test/purchase_auc_given_click": 0.80,
+    "test/rating_rmse": 0.93,
+    "test/recall@10": 0.15,
+    "test/ndcg@10": 0.18,
+}
+# task -> (main metric, higher is better, baseline run's early-stopping monitor)
+MAIN = {
+    "click": ("test/click_auc", True, "val/click_auc"),
+    "purchase": ("test/purchase_auc", True, "val/purchase_auc"),
+    "rating": ("test/rating_rmse", False, "val/rating_rmse"),
+}
+SINGLE_TASK = ["model.sharing='none'", "tasks.purchase.depends_on=''", "tasks.rating.input_from=''"]
+
+
+def _config(seed: int, overrides: list[str]) -> Any:
+    from recsys_mtl.config import load_config
+
+    return load_config(
+        PIPELINE,
+        [
+            *overrides,
+            f"pipeline.seed={seed}",
+            f"pipeline.output_dir='data/benchmarks/architectures-ml100k/{seed}'",
+            "tracking.enabled=false",
+            "training.progress=false",
+        ],
+    )
+
+
+def _train_and_evaluate(config: Any, features: Any) -> tuple[dict[str, float], float, int]:
+    from recsys_mtl.pipeline import evaluate_stage, index_stage, train_stage
+
+    recommender, result = train_stage(config, features)
+    index_stage(config, recommender)
+    metrics = evaluate_stage(config, recommender, features)
+    return metrics, result.seconds, result.best_epoch
+
+
+def delta_m(multi: dict[str, float], single: dict[str, float]) -> float:
+    """Mean relative gain (in %) over the tasks' main metrics."""
+    gains = []
+    for metric, higher, _ in MAIN.values():
+        sign = 1.0 if higher else -1.0
+        gains.append(sign * (multi[metric] - single[metric]) / single[metric])
+    return 100.0 * sum(gains) / len(gains)
+
+
+def run(seeds: list[int], sharing: list[str], extra: list[str]) -> dict[str, Any]:
+    from recsys_mtl.pipeline import features_stage
+
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        features = features_stage(_config(seed, extra))
+        single: dict[str, float] = {}
+        for task, (metric, _, monitor) in MAIN.items():
+            config = _config(seed, [*extra, *SINGLE_TASK, f"training.monitor='{monitor}'"])
+            metrics, seconds, epoch = _train_and_evaluate(config, features)
+            single[metric] = metrics[metric]
+            if task == "click":  # the click model is also the baseline's retriever
+                for key in ("test/recall@10", "test/ndcg@10"):
+                    single[key] = metrics[key]
+            runs.append(
+                {
+                    "seed": seed,
+                    "model": f"single-task {task}",
+                    "seconds": seconds,
+                    "best_epoch": epoch,
+                    "metrics": metrics,
+                }
+            )
+            print(
+                f"seed {seed} single-task {task}: {metric} {metrics[metric]:.4f} ({seconds:.0f} s)",
+                flush=True,
+            )
+        runs.append({"seed": seed, "model": "single-task", "metrics": single})
+        for name in sharing:
+            config = _config(seed, [*extra, f"model.sharing='{name}'"])
+            metrics, seconds, epoch = _train_and_evaluate(config, features)
+            runs.append(
+                {
+                    "seed": seed,
+                    "model": name,
+                    "seconds": seconds,
+                    "best_epoch": epoch,
+                    "metrics": metrics,
+                    "delta_m": delta_m(metrics, single),
+                }
+            )
+            shown = " ".join(f"{m.split('/')[1]} {metrics[m]:.4f}" for m in METRICS)
+            print(
+                f"seed {seed} {name}: {shown} Δm {runs[-1]['delta_m']:+.2f}% ({seconds:.0f} s)",
+                flush=True,
+            )
+    return {"seeds": seeds, "overrides": extra, "runs": runs, "targets": TARGETS}
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    models = list(dict.fromkeys(r["model"] for r in result["runs"] if "delta_m" in r))
+    models.insert(0, "single-task")
+    lines = [
+        "# Sharing architectures on MovieLens-100K",
+        "",
+        f"Seeds {result['seeds']}; mean ± std over seeds. Per-user temporal split, 4 uniform "
+        "negatives per positive, purchase = rating >= 4. Δm: mean relative gain over the "
+        "single-task baselines on click AUC, purchase AUC and rating RMSE (%). Train s: "
+        "seconds of training (2 cores).",
+        "",
+        "| model | " + " | ".join(m.split("/")[1] for m in METRICS) + " | Δm % | train s |",
+        "|---|" + "---|" * (len(METRICS) + 2),
+    ]
+    for model in models:
+        rows = [r for r in result["runs"] if r["model"] == model]
+        cells = [_mean_std([r["metrics"][m] for r in rows if m in r["metrics"]]) for m in METRICS]
+        deltas = [r["delta_m"] for r in rows if "delta_m" in r]
+        spread = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
+        delta = f"{statistics.fmean(deltas):+.2f} ± {spread:.2f}" if deltas else "—"
+        if model == "single-task":
+            seconds = [
+                r["seconds"] for r in result["runs"] if r["model"].startswith("single-task ")
+            ]
+            train = f"{sum(seconds) / len(result['seeds']):.0f} (3 models)"
+        else:
+            train = f"{statistics.fmean(r['seconds'] for r in rows):.0f}"
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {delta} | {train} |")
+    lines += [
+        "",
+        "Targets: "
+        + ", ".join(
+            f"{m.split('/')[1]} {'<=' if m.endswith('rmse') else '>='} {v}"
+            for m, v in result["targets"].items()
+        )
+        + ".",
+        "",
+        "Reproduce: `.venv/bin/python benchmarks/architectures_movielens.py`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from recsys_mtl.model.architectures import SHARING
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--sharing", nargs="+", default=list(SHARING))
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="*",
+        default=[],
+        help="extra config overrides for every run, e.g. training.epochs=5",
+    )
+    parser.add_argument("--name", default="architectures_movielens100k")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    result = run(args.seeds, args.sharing, args.overrides)
+    result["seconds"] = time.perf_counter() - start
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{args.name}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
