@@ -186,6 +186,12 @@ class FeaturesSection:
     recent_items: int = _doc(
         "The user's last N clicked items before each row, pooled in the model (0: off).", 10
     )
+    recent_ratings: int = _doc(
+        "Mean of the user's last N ratings before each impression (plus one pseudo-rating "
+        "at the training mean): how the user rates lately, a drift signal for the rating "
+        "head. 0 turns it off.",
+        0,
+    )
     history_prior: float = _doc(
         "Strength (in events) of the global-mean prior that smooths history rates.", 5.0
     )
@@ -620,6 +626,7 @@ def _validate_features(f: FeaturesSection) -> None:
     for setting, value in [
         ("features.negatives_per_positive", f.negatives_per_positive),
         ("features.recent_items", f.recent_items),
+        ("features.recent_ratings", f.recent_ratings),
         ("features.validation_last_n", f.validation_last_n),
         ("features.test_last_n", f.test_last_n),
     ]:

@@ -33,8 +33,13 @@ def heatmap(
     image = ax.imshow(values, aspect="auto", **limits)
     ax.set_xticks(range(len(columns)), labels=list(columns), rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), labels=list(rows))
+    low, high = image.get_clim()
     for (i, j), value in np.ndenumerate(values):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="black")
+        # white on the dark ends of the colour map, black elsewhere
+        position = (value - low) / (high - low) if high > low else 0.5
+        dark = abs(value) > 0.6 if diverging else position < 0.35
+        color = "white" if dark else "black"
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color=color)
     ax.set_title(title)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()

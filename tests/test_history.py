@@ -10,7 +10,13 @@ from polars.testing import assert_frame_equal
 from recsys_mtl.config import config_from_dict
 from recsys_mtl.data.dataset import Dataset
 from recsys_mtl.data.synthetic import generate_synthetic
-from recsys_mtl.features.history import final_aggregates, prior_aggregates, recent_items
+from recsys_mtl.features.history import (
+    final_aggregates,
+    last_values,
+    prior_aggregates,
+    recent_items,
+    user_recent_ratings,
+)
 from recsys_mtl.features.pipeline import build_features
 
 # user 1: events at 10 (train), 20 twice (train, a tie), 30 (test); user 2 at 5, 40.
@@ -112,6 +118,27 @@ def test_recent_items_are_the_last_clicks_before_the_row() -> None:
     ]
 
 
+def test_recent_ratings_are_the_last_ratings_before_the_row() -> None:
+    rows = _rows()
+    rated = prior_aggregates(rows, "user_id")["rated"].to_numpy()
+    events = rows.filter(~pl.col("sampled") & pl.col("rating").is_not_null())
+    last = last_values(events, "rating", rows, rated, 2)
+    assert last.dtype == np.float32
+    assert last.tolist() == [
+        [0, 0],
+        [0, 4],
+        [0, 4],
+        [0, 4],  # the clicks at 20 were not rated
+        [0, 0],
+        [0, 0],  # user 2's rating at 40 is later
+        [0, 4],  # train row at 31: not the test rating 5 at 30
+        [4, 5],
+        [4, 5],
+    ]
+    state = user_recent_ratings(EVENTS.filter(pl.col("split") <= 1), 2).sort("user_id")
+    assert state.rows() == [(1, 4.0, 1), (2, 3.0, 1)]
+
+
 def test_serving_state_equals_the_as_of_aggregates_after_the_last_event() -> None:
     events = EVENTS.filter(pl.col("split") <= 1)
     later = (
@@ -152,8 +179,11 @@ def synthetic() -> Dataset:
 def test_no_validation_or_test_label_reaches_the_training_features(
     synthetic: Dataset, split: str
 ) -> None:
-    config = config_from_dict({"features": {"split": split}, "tracking": {"enabled": False}})
+    config = config_from_dict(
+        {"features": {"split": split, "recent_ratings": 3}, "tracking": {"enabled": False}}
+    )
     before = build_features(synthetic, config)
+    assert "user_recent_rating" in before.train.columns
     test_keys = pl.concat([before.validation, before.test]).select(
         "user_id", "item_id", "timestamp"
     )

@@ -277,3 +277,18 @@ def test_predict_accepts_pandas_and_polars_and_keeps_order(trained) -> None:
     )
     with pytest.raises(RecsysError, match="expected a polars or pandas DataFrame"):
         recommender.predict([(1, 2)])
+
+
+def test_user_vectors_are_served_as_of_the_request_time(trained, some_users) -> None:
+    """Without a timestamp, a request is served at the state's reference time; with one,
+    the recency of the user's previous event is measured from it."""
+    _, _, recommender = trained
+    users = pl.Series("user_id", some_users)
+    reference = recommender.transform.history.spec.reference_time
+
+    def at(seconds: int) -> np.ndarray:
+        times = pl.Series("timestamp", [seconds] * users.len(), dtype=pl.Int64)
+        return recommender.user_vectors(pl.DataFrame([users, times]))
+
+    np.testing.assert_array_equal(recommender.user_vectors(users), at(reference))
+    assert not np.allclose(at(reference + 90 * 86_400), at(reference))

@@ -33,6 +33,8 @@ AGGREGATES = ("n", "clicks", "purchases", "rated", "rating_sum")
 STATS = ("impressions", "clicks", "click_rate", "purchase_rate", "mean_rating")
 POSITIVE_ONLY_STATS = ("clicks", "purchase_rate", "mean_rating")
 RECENT_ITEMS = "recent_items"
+#: Raw user aggregates over the last `recent_ratings` ratings.
+RECENT_RATING_SUM, RECENT_RATED = "recent_rating_sum", "recent_rated"
 LABEL_COLUMNS = ("click", "purchase", "rating")
 CHUNK_ROWS = 1 << 20
 
@@ -149,22 +151,45 @@ def recent_items(
     `prior_aggregates`), which are exactly the first clicks_before of the user's clicks
     in splits <= the row's split, in time order.
     """
-    out = np.full((rows.height, n), PAD, dtype=np.int32)
+    clicked = events.filter(pl.col("click") == 1)
+    return last_values(clicked, "item_idx", rows, clicks_before, n, one_level=one_level)
+
+
+def last_values(
+    events: pl.DataFrame,
+    column: str,
+    rows: pl.DataFrame,
+    count_before: np.ndarray,
+    n: int,
+    *,
+    one_level: bool = False,
+) -> np.ndarray:
+    """`column` of each row's user's last `n` events before the row, (R, n), oldest first
+    and right-aligned (0 on the left); int32 for integer columns, float32 otherwise.
+
+    events: the counted events only (e.g. clicks, or rated events), with user_id,
+    timestamp, split and `column`. count_before: (R,) how many of them the row may see
+    (from `prior_aggregates`): exactly the user's first count_before events in splits
+    <= the row's split, in time order.
+    """
+    integer = events.schema[column].is_integer()
+    dtype = np.int32 if integer else np.float32
+    out = np.zeros((rows.height, n), dtype=dtype)
     offsets = np.arange(n) - n  # -n .. -1
     row_split = rows["split"].to_numpy()
-    if one_level:  # every split's clicks are visible to every row (by time alone)
+    if one_level:  # every split's events are visible to every row (by time alone)
         row_split = np.full(rows.height, N_SPLITS - 1, dtype=np.int8)
     for s in range(N_SPLITS):
         at_level = np.flatnonzero(row_split == s)
         if at_level.size == 0:
             continue
-        clicked = (
-            events.filter((pl.col("click") == 1) & (pl.col("split") <= s))
-            .select("user_id", "timestamp", "item_idx")
+        visible = (
+            events.filter(pl.col("split") <= s)
+            .select("user_id", "timestamp", column)
             .sort("user_id", "timestamp", maintain_order=True)
             .with_row_index("position")
         )
-        starts = clicked.group_by("user_id").agg(pl.col("position").first().alias("start"))
+        starts = visible.group_by("user_id").agg(pl.col("position").first().alias("start"))
         start = (
             rows.select("user_id")[at_level]
             .join(starts, on="user_id", how="left", maintain_order="left")["start"]
@@ -172,16 +197,29 @@ def recent_items(
             .to_numpy()
             .astype(np.int64)
         )
-        count = clicks_before[at_level].astype(np.int64)
-        items = clicked["item_idx"].to_numpy().astype(np.int32)
-        if items.size == 0:
+        count = count_before[at_level].astype(np.int64)
+        values = visible[column].to_numpy().astype(dtype)
+        if values.size == 0:
             continue
         for begin in range(0, at_level.size, CHUNK_ROWS):  # bounds the (rows, n) temporaries
             part = slice(begin, begin + CHUNK_ROWS)
             position = start[part, None] + count[part, None] + offsets[None, :]
             valid = offsets[None, :] >= -count[part, None]
-            out[at_level[part]] = np.where(valid, items[np.where(valid, position, 0)], PAD)
+            out[at_level[part]] = np.where(valid, values[np.where(valid, position, 0)], 0)
     return out
+
+
+def user_recent_ratings(events: pl.DataFrame, n: int) -> pl.DataFrame:
+    """The serving state of recent ratings: user_id, recent_rating_sum, recent_rated."""
+    return (
+        events.filter(pl.col("rating").is_not_null())
+        .sort("user_id", "timestamp", maintain_order=True)
+        .group_by("user_id", maintain_order=True)
+        .agg(
+            pl.col("rating").tail(n).cast(pl.Float64).sum().alias(RECENT_RATING_SUM),
+            pl.col("rating").tail(n).len().cast(pl.Int32).alias(RECENT_RATED),
+        )
+    )
 
 
 def user_recent_items(events: pl.DataFrame, n: int) -> pl.DataFrame:
@@ -216,6 +254,7 @@ class HistorySpec:
     global_purchase_rate: float = 0.0
     global_rating: float = 0.0
     reference_time: int = 0
+    recent_ratings: int = 0
     scalers: dict[str, list[float]] = field(default_factory=dict)  # name -> [mean, std]
 
     @property
@@ -245,6 +284,7 @@ class HistoryTransform:
         prior: float,
         n_recent: int,
         recency: bool,
+        n_recent_ratings: int = 0,
     ) -> HistoryTransform:
         """Global means from training events; the serving state from `state_events`
         (training + validation events, with item_idx)."""
@@ -261,10 +301,17 @@ class HistoryTransform:
             global_purchase_rate=purchases / max(clicks, 1.0),
             global_rating=float(ratings.mean()) if ratings.len() else 0.0,
             reference_time=int(state_events["timestamp"].max() or 0),
+            recent_ratings=n_recent_ratings,
         )
         users = final_aggregates(state_events, "user_id")
         if n_recent:
             users = users.join(user_recent_items(state_events, n_recent), on="user_id", how="left")
+        if n_recent_ratings:
+            users = users.join(
+                user_recent_ratings(state_events, n_recent_ratings), on="user_id", how="left"
+            ).with_columns(
+                pl.col(RECENT_RATING_SUM).fill_null(0.0), pl.col(RECENT_RATED).fill_null(0)
+            )
         return cls(spec, users, final_aggregates(state_events, "item_id"))
 
     def fit_scalers(self, raw_user: pl.DataFrame, raw_item: pl.DataFrame) -> None:
@@ -280,10 +327,14 @@ class HistoryTransform:
 
     def columns(self, prefix: str) -> list[ColumnSpec]:
         """Model inputs this transform adds to the `prefix` ('user' or 'item') side."""
-        out = [ColumnSpec(f"{prefix}_{stat}", "numeric") for stat in self.spec.stats]
+        out = [ColumnSpec(f"{prefix}_{stat}", "numeric") for stat in self._stats(prefix)]
         if self.spec.recency:
             out.append(ColumnSpec(f"{prefix}_recency", "categorical", size=RECENCY_SIZE))
         return out
+
+    def _stats(self, prefix: str) -> tuple[str, ...]:
+        extra = ("recent_rating",) if prefix == "user" and self.spec.recent_ratings else ()
+        return self.spec.stats + extra
 
     def _values(self, prefix: str) -> list[pl.Expr]:
         s, k = self.spec, self.spec.prior
@@ -294,8 +345,11 @@ class HistoryTransform:
             "click_rate": (clicks + k * s.global_click_rate) / (n + k),
             "purchase_rate": (pl.col("purchases") + k * s.global_purchase_rate) / (clicks + k),
             "mean_rating": (pl.col("rating_sum") + k * s.global_rating) / (pl.col("rated") + k),
+            # one pseudo-rating at the training mean: a window of a few ratings is the point
+            "recent_rating": (pl.col(RECENT_RATING_SUM) + s.global_rating)
+            / (pl.col(RECENT_RATED) + 1.0),
         }
-        return [exprs[stat].alias(f"{prefix}_{stat}") for stat in s.stats]
+        return [exprs[stat].alias(f"{prefix}_{stat}") for stat in self._stats(prefix)]
 
     def features(self, raw: pl.DataFrame, prefix: str, timestamp: pl.Expr) -> pl.DataFrame:
         """Encoded features of `prefix` from raw aggregates (n, clicks, purchases, rated,
@@ -321,7 +375,8 @@ class HistoryTransform:
             how="left",
             maintain_order="left",
         )
-        return joined.with_columns(pl.col(a).fill_null(0) for a in AGGREGATES)
+        extra = [c for c in (RECENT_RATING_SUM, RECENT_RATED) if c in joined.columns]
+        return joined.with_columns(pl.col(a).fill_null(0) for a in (*AGGREGATES, *extra))
 
     def state_recent_items(self, ids: pl.Series) -> np.ndarray:
         """(len(ids), N) int32 recent items of known users, PAD for others."""

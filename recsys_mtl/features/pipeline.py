@@ -23,7 +23,10 @@ from recsys_mtl.data.dataset import ORACLE_PREFIX, Dataset
 from recsys_mtl.errors import RecsysError
 from recsys_mtl.features.history import (
     RECENT_ITEMS,
+    RECENT_RATED,
+    RECENT_RATING_SUM,
     HistoryTransform,
+    last_values,
     prior_aggregates,
     recent_items,
 )
@@ -117,7 +120,7 @@ def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
         )
         rows = pl.concat([rows, negatives], how="diagonal_relaxed")
     parts = [rows, transform.context_features(rows)]
-    if fc.history or fc.recent_items or "recency" in fc.time:
+    if fc.history or fc.recent_items or fc.recent_ratings or "recency" in fc.time:
         history, history_parts = _history_features(events, rows, dataset.positive_only, fc)
         transform = FeatureTransform(
             users,
@@ -176,6 +179,7 @@ def _history_features(
         prior=fc.history_prior,
         n_recent=fc.recent_items,
         recency="recency" in fc.time,
+        n_recent_ratings=fc.recent_ratings,
     )
     timestamp = rows["timestamp"]
     train = rows["split"] == TRAIN
@@ -186,6 +190,21 @@ def _history_features(
         )
         for side in SIDES
     }
+    if fc.recent_ratings:
+        rated = events.filter(pl.col("rating").is_not_null())
+        last = last_values(
+            rated,
+            "rating",
+            rows,
+            raw["user"]["rated"].to_numpy(),
+            fc.recent_ratings,
+            one_level=one_level["user"],
+        )
+        shown = np.minimum(raw["user"]["rated"].to_numpy(), fc.recent_ratings)
+        raw["user"] = raw["user"].with_columns(
+            pl.Series(RECENT_RATING_SUM, last.sum(axis=1, dtype=np.float64)),
+            pl.Series(RECENT_RATED, shown.astype(np.int32)),
+        )
     history.fit_scalers(raw["user"].filter(train), raw["item"].filter(train))
     parts = [history.features(raw[side], side, pl.col("timestamp")) for side in SIDES]
     clicks_before = raw["user"]["clicks"].to_numpy()
