@@ -87,14 +87,16 @@ def delta_m(multi: dict[str, float], single: dict[str, float]) -> float:
     return 100.0 * sum(gains) / len(gains)
 
 
-def run(seeds: list[int], sharing: list[str], extra: list[str]) -> dict[str, Any]:
+def run(
+    seeds: list[int], sharing: list[str], extra: list[str], baselines: bool = True
+) -> dict[str, Any]:
     from recsys_mtl.pipeline import features_stage
 
     runs: list[dict[str, Any]] = []
     for seed in seeds:
         features = features_stage(_config(seed, extra))
         single: dict[str, float] = {}
-        for task, (metric, _, monitor) in MAIN.items():
+        for task, (metric, _, monitor) in MAIN.items() if baselines else ():
             config = _config(seed, [*extra, *SINGLE_TASK, f"training.monitor='{monitor}'"])
             metrics, seconds, epoch = _train_and_evaluate(config, features)
             single[metric] = metrics[metric]
@@ -114,7 +116,8 @@ def run(seeds: list[int], sharing: list[str], extra: list[str]) -> dict[str, Any
                 f"seed {seed} single-task {task}: {metric} {metrics[metric]:.4f} ({seconds:.0f} s)",
                 flush=True,
             )
-        runs.append({"seed": seed, "model": "single-task", "metrics": single})
+        if baselines:
+            runs.append({"seed": seed, "model": "single-task", "metrics": single})
         for name in sharing:
             config = _config(seed, [*extra, f"model.sharing='{name}'"])
             metrics, seconds, epoch = _train_and_evaluate(config, features)
@@ -125,14 +128,11 @@ def run(seeds: list[int], sharing: list[str], extra: list[str]) -> dict[str, Any
                     "seconds": seconds,
                     "best_epoch": epoch,
                     "metrics": metrics,
-                    "delta_m": delta_m(metrics, single),
+                    "delta_m": delta_m(metrics, single) if baselines else None,
                 }
             )
             shown = " ".join(f"{m.split('/')[1]} {metrics[m]:.4f}" for m in METRICS)
-            print(
-                f"seed {seed} {name}: {shown} Δm {runs[-1]['delta_m']:+.2f}% ({seconds:.0f} s)",
-                flush=True,
-            )
+            print(f"seed {seed} {name}: {shown} ({seconds:.0f} s)", flush=True)
     return {"seeds": seeds, "overrides": extra, "runs": runs, "targets": TARGETS}
 
 
@@ -145,10 +145,12 @@ def _mean_std(values: list[float]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     models = list(dict.fromkeys(r["model"] for r in result["runs"] if "delta_m" in r))
-    models.insert(0, "single-task")
+    if any(r["model"] == "single-task" for r in result["runs"]):
+        models.insert(0, "single-task")
     lines = [
         "# Sharing architectures on MovieLens-100K",
         "",
+        f"Overrides: {result['overrides'] or 'none'}. "
         f"Seeds {result['seeds']}; mean ± std over seeds. Per-user temporal split, 4 uniform "
         "negatives per positive, purchase = rating >= 4. Δm: mean relative gain over the "
         "single-task baselines on click AUC, purchase AUC and rating RMSE (%). Train s: "
@@ -160,7 +162,7 @@ def markdown(result: dict[str, Any]) -> str:
     for model in models:
         rows = [r for r in result["runs"] if r["model"] == model]
         cells = [_mean_std([r["metrics"][m] for r in rows if m in r["metrics"]]) for m in METRICS]
-        deltas = [r["delta_m"] for r in rows if "delta_m" in r]
+        deltas = [r["delta_m"] for r in rows if r.get("delta_m") is not None]
         spread = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
         delta = f"{statistics.fmean(deltas):+.2f} ± {spread:.2f}" if deltas else "—"
         if model == "single-task":
@@ -180,7 +182,9 @@ def markdown(result: dict[str, Any]) -> str:
         )
         + ".",
         "",
-        "Reproduce: `.venv/bin/python benchmarks/architectures_movielens.py`",
+        "Reproduce: `.venv/bin/python benchmarks/architectures_movielens.py"
+        + (" --set " + " ".join(result["overrides"]) if result["overrides"] else "")
+        + "`",
     ]
     return "\n".join(lines) + "\n"
 
@@ -199,9 +203,12 @@ def main() -> None:
         help="extra config overrides for every run, e.g. training.epochs=5",
     )
     parser.add_argument("--name", default="architectures_movielens100k")
+    parser.add_argument(
+        "--skip-single-task", action="store_true", help="no single-task baselines (and no Δm)"
+    )
     args = parser.parse_args()
     start = time.perf_counter()
-    result = run(args.seeds, args.sharing, args.overrides)
+    result = run(args.seeds, args.sharing, args.overrides, not args.skip_single_task)
     result["seconds"] = time.perf_counter() - start
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))

@@ -268,6 +268,12 @@ class TrainingSection:
     )
     progress: bool = _doc("Show a progress bar per epoch.", True)
     threads: int = _doc("torch intra-op threads; 0 keeps torch's default.", 0)
+    refit: bool = _doc(
+        "After early stopping picks the epoch count, train a fresh model on training + "
+        "validation rows for that many epochs (under a temporal split the validation "
+        "events are the most recent ones before the test period).",
+        False,
+    )
     retrieval_loss_weight: float = _doc(
         "Weight of an extra in-batch softmax loss on the retrievable (dot) head over each "
         "batch's clicked rows, with log-frequency correction; 0 turns it off. It trains the "

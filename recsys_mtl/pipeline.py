@@ -105,6 +105,21 @@ def item_log_frequency(train: TensorData, model: MultiTaskModel) -> torch.Tensor
     return torch.log(counts / counts.sum())
 
 
+def _trainer(
+    config: PipelineConfig, model: MultiTaskModel, train: TensorData, tracker: Tracker | None
+) -> Trainer:
+    return Trainer(
+        model,
+        config.tasks,
+        WEIGHTING[config.objectives.weighting](config.tasks),
+        config.training,
+        config.pipeline.seed,
+        tracker,
+        Paths(config.output_path).checkpoints,
+        item_log_frequency(train, model),
+    )
+
+
 def train_stage(
     config: PipelineConfig, features: FeatureSet, tracker: Tracker | None = None
 ) -> tuple[Recommender, TrainingResult]:
@@ -114,20 +129,16 @@ def train_stage(
     train = TensorData.from_frame(features.train, tasks, features.transform)
     validation = TensorData.from_frame(features.validation, tasks, features.transform)
     model = build_model(features.transform, config.model, tasks, train.label_means())
-    trainer = Trainer(
-        model,
-        tasks,
-        WEIGHTING[config.objectives.weighting](tasks),
-        config.training,
-        config.pipeline.seed,
-        tracker,
-        Paths(config.output_path).checkpoints,
-        item_log_frequency(train, model),
-    )
+    trainer = _trainer(config, model, train, tracker)
     try:
         result = trainer.fit(train, validation)
     except ValueError as exc:
         raise RecsysError(str(exc), fix="set training.monitor to one of those names") from None
+    if config.training.refit:
+        torch.manual_seed(config.pipeline.seed)
+        everything = TensorData.concat([train, validation])
+        model = build_model(features.transform, config.model, tasks, everything.label_means())
+        result = _trainer(config, model, everything, tracker).refit(everything, result)
     recommender = Recommender.from_training(
         model,
         features.transform,

@@ -259,3 +259,32 @@ def test_in_batch_softmax_loss_by_hand() -> None:
     torch.testing.assert_close(loss, torch.stack(expected).mean())
     # one clicked row: nothing to contrast, no loss
     assert in_batch_softmax_loss(users[:1], items[:1], item_idx[:1]).item() == 0.0
+
+
+def test_refit_on_the_training_rows_reproduces_the_selected_model(small) -> None:
+    """refit() replays the selected number of epochs with the same seeds: on the same rows
+    it must give the very weights fit() selected; on more rows, different ones."""
+    config, features = small
+    tasks = config.tasks
+    train = TensorData.from_frame(features.train, tasks, features.transform)
+    validation = TensorData.from_frame(features.validation, tasks, features.transform)
+    cfg = TrainingSection(epochs=4, batch_size=64, learning_rate=0.02, patience=5, progress=False)
+
+    def trainer(seed: int = 0) -> Trainer:
+        model = _fresh_model(small, seed=seed)
+        return Trainer(model, tasks, WEIGHTING["static"](tasks), cfg, seed=3)
+
+    first = trainer()
+    selected = first.fit(train, validation)
+    again = trainer()
+    result = again.refit(train, selected)
+    assert result.best_epoch == selected.best_epoch
+    for (name, a), b in zip(
+        first.model.state_dict().items(), again.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+    more = trainer()
+    more.refit(TensorData.concat([train, validation]), selected)
+    assert not torch.equal(
+        more.model.user_encoder.id_embedding.weight, first.model.user_encoder.id_embedding.weight
+    )

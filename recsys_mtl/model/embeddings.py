@@ -28,6 +28,14 @@ class RowInputs:
         )
 
     @classmethod
+    def concat(cls, parts: list[RowInputs]) -> RowInputs:
+        return cls(
+            torch.cat([p.categorical for p in parts]),
+            torch.cat([p.numeric for p in parts]),
+            {k: torch.cat([p.lists[k] for p in parts]) for k in parts[0].lists},
+        )
+
+    @classmethod
     def from_arrays(cls, arrays: SideArrays) -> RowInputs:
         return cls(
             torch.from_numpy(arrays.categorical),

@@ -88,6 +88,18 @@ class TensorData:
             {k: v[index] for k, v in self.labels.items()},
         )
 
+    @classmethod
+    def concat(cls, parts: list[TensorData]) -> TensorData:
+        """Rows of every part, in order (labels: the tasks every part has)."""
+        names = [n for n in parts[0].labels if all(n in p.labels for p in parts)]
+        return cls(
+            torch.cat([p.users for p in parts]),
+            torch.cat([p.items for p in parts]),
+            RowInputs.concat([p.user_rows for p in parts]),
+            RowInputs.concat([p.item_rows for p in parts]),
+            {n: torch.cat([p.labels[n] for p in parts]) for n in names},
+        )
+
     def shuffled(self, generator: torch.Generator) -> TensorData:
         return self.take(torch.randperm(len(self), generator=generator))
 

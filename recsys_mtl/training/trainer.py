@@ -203,6 +203,29 @@ class Trainer:
             self.gates,
         )
 
+    def refit(self, data: TensorData, selected: TrainingResult) -> TrainingResult:
+        """Train this (fresh) model on `data` for `selected.best_epoch` epochs, with no
+        validation; returns `selected`'s record with this run's time, relations and
+        gates."""
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        torch.set_flush_denormal(True)
+        torch.manual_seed(self.seed)
+        start = time.perf_counter()
+        for epoch in range(1, selected.best_epoch + 1):
+            metrics = self.train_epoch(data, epoch)
+            self.tracker.log_metrics({f"refit/{k}": v for k, v in metrics.items()}, step=epoch)
+        self._checkpoint("refit.pt", selected.best_epoch)
+        return TrainingResult(
+            selected.best_epoch,
+            selected.best_score,
+            selected.history,
+            selected.seconds + time.perf_counter() - start,
+            list(self.tasks),
+            self.relations,
+            self.gates,
+        )
+
     def _checkpoint(self, name: str, epoch: int) -> None:
         if self.checkpoint_dir is None:
             return
