@@ -559,29 +559,35 @@ def validate(config: PipelineConfig) -> None:
             f"the retrievable task '{dot_heads[0]}' cannot read input_from another task",
             fix=f"remove input_from from task '{dot_heads[0]}'",
         )
-    for name, value in [
-        ("training.epochs", config.training.epochs),
-        ("training.batch_size", config.training.batch_size),
-        ("retrieval.candidates", config.retrieval.candidates),
-        ("model.embedding_dim", config.model.embedding_dim),
-        ("model.output_dim", config.model.output_dim),
-    ]:
-        if value <= 0:
-            raise RecsysError(f"{name} must be positive, got {value}", fix=f"set {name} >= 1")
+    _require_positive(
+        [
+            ("training.epochs", config.training.epochs),
+            ("training.batch_size", config.training.batch_size),
+            ("retrieval.candidates", config.retrieval.candidates),
+            ("model.embedding_dim", config.model.embedding_dim),
+            ("model.output_dim", config.model.output_dim),
+        ]
+    )
     if any(k <= 0 for k in config.evaluation.k):
         raise RecsysError("evaluation.k values must be positive", fix="use e.g. k = [10, 20]")
 
 
-def _validate_model(m: ModelSection, tasks: dict[str, TaskConfig]) -> None:
-    for setting, number in [
-        ("model.experts", m.experts),
-        ("model.levels", m.levels),
-        ("model.task_experts", m.task_experts),
-    ]:
+def _require_positive(settings: list[tuple[str, int]]) -> None:
+    for setting, number in settings:
         if number <= 0:
             raise RecsysError(
                 f"{setting} must be positive, got {number}", fix=f"set {setting} >= 1"
             )
+
+
+def _validate_model(m: ModelSection, tasks: dict[str, TaskConfig]) -> None:
+    _require_positive(
+        [
+            ("model.experts", m.experts),
+            ("model.levels", m.levels),
+            ("model.task_experts", m.task_experts),
+        ]
+    )
     if m.shared_experts < 0 or m.tie_strength < 0:
         raise RecsysError(
             "model.shared_experts and model.tie_strength must be >= 0",
@@ -638,15 +644,13 @@ def _validate_features(f: FeaturesSection) -> None:
     ]:
         if value < 0:
             raise RecsysError(f"{setting} must be >= 0, got {value}", fix=f"set {setting} >= 0")
-    for setting, number in [
-        ("features.shard_rows", f.shard_rows),
-        ("features.min_count", f.min_count),
-        ("features.max_list_length", f.max_list_length),
-    ]:
-        if number <= 0:
-            raise RecsysError(
-                f"{setting} must be positive, got {number}", fix=f"set {setting} >= 1"
-            )
+    _require_positive(
+        [
+            ("features.shard_rows", f.shard_rows),
+            ("features.min_count", f.min_count),
+            ("features.max_list_length", f.max_list_length),
+        ]
+    )
     if f.popularity_exponent < 0 or f.history_prior < 0:
         raise RecsysError(
             "features.popularity_exponent and features.history_prior must be >= 0",
