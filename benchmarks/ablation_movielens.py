@@ -12,19 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-PIPELINE = ROOT / "pipelines" / "movielens-100k.toml"
-METRICS = (
-    "test/click_auc",
-    "test/purchase_auc",
-    "test/purchase_auc_given_click",
-    "test/rating_rmse",
-    "test/recall@10",
-    "test/ndcg@10",
-)
+from movielens_common import METRICS, PIPELINE, RESULTS
+
 USER_TABLE = ("age", "gender", "occupation", "zip_prefix")
 ITEM_TABLE = ("genres", "year")
 

@@ -23,20 +23,10 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-PIPELINE = ROOT / "pipelines" / "movielens-100k.toml"
-METRICS = (
-    "test/click_auc",
-    "test/purchase_auc",
-    "test/purchase_auc_given_click",
-    "test/rating_rmse",
-    "test/recall@10",
-    "test/ndcg@10",
-)
+from movielens_common import METRICS, PIPELINE, RESULTS
+
 TARGETS = {
     "test/click_auc": 0.87,
     "test/purchase_auc": 0.89,

@@ -161,12 +161,7 @@ class Trainer:
         return {f"val/{k}": v for k, v in metrics.items()}
 
     def fit(self, train: TensorData, validation: TensorData) -> TrainingResult:
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
-        # Weight decay drives rarely seen embedding rows towards zero; as subnormal floats
-        # they made each epoch several times slower than the last (measured on ML-100K).
-        torch.set_flush_denormal(True)
-        torch.manual_seed(self.seed)
+        self._prepare()
         start = time.perf_counter()
         best_state, best_score, best_epoch, stale = None, None, 0, 0
         history = []
@@ -203,14 +198,20 @@ class Trainer:
             self.gates,
         )
 
+    def _prepare(self) -> None:
+        """Threads, float mode and the seed every training run starts from."""
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        # Weight decay drives rarely seen embedding rows towards zero; as subnormal floats
+        # they made each epoch several times slower than the last (measured on ML-100K).
+        torch.set_flush_denormal(True)
+        torch.manual_seed(self.seed)
+
     def refit(self, data: TensorData, selected: TrainingResult) -> TrainingResult:
         """Train this (fresh) model on `data` for `selected.best_epoch` epochs, with no
         validation; returns `selected`'s record with this run's time, relations and
         gates."""
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
-        torch.set_flush_denormal(True)
-        torch.manual_seed(self.seed)
+        self._prepare()
         start = time.perf_counter()
         for epoch in range(1, selected.best_epoch + 1):
             metrics = self.train_epoch(data, epoch)
