@@ -183,6 +183,15 @@ class FeaturesSection:
         "rate, mean rating) from events strictly earlier than each row.",
         True,
     )
+    item_history: bool = _doc(
+        "Item-side history and recency (the item's counts, rates and time since its "
+        "previous event, as of each row). They change with time, so the item vectors of a "
+        "FAISS index built once go stale, and with training.retrieval_loss_weight the "
+        "in-batch negatives (other rows' items, as of other times) let the model match "
+        "positives by time instead of taste: turn it off for retrieval-first models. "
+        "User-side history is unaffected.",
+        True,
+    )
     recent_items: int = _doc(
         "The user's last N clicked items before each row, pooled in the model (0: off).", 10
     )
@@ -279,6 +288,17 @@ class TrainingSection:
         "batch's clicked rows, with log-frequency correction; 0 turns it off. It trains the "
         "exported vectors for ranking (Recall@K) on top of the pointwise click loss.",
         0.0,
+    )
+    average_decay: float = _doc(
+        "Keep an exponential moving average of the parameters with this decay per batch "
+        "(e.g. 0.999) and validate, select and export the averaged model; 0 turns it off.",
+        0.0,
+    )
+    ranking_users: int = _doc(
+        "Validation users whose full ranking of the catalogue is scored every epoch "
+        "(val/recall@k, val/ndcg@k, val/hitrate@k at evaluation.k; a seeded sample when "
+        "there are more); 0 turns the ranking probe off.",
+        1000,
     )
     relation_every: int = _doc(
         "Measure the task relation matrix (cosine of task gradients on the shared embeddings) "
@@ -570,6 +590,16 @@ def validate(config: PipelineConfig) -> None:
     )
     if any(k <= 0 for k in config.evaluation.k):
         raise RecsysError("evaluation.k values must be positive", fix="use e.g. k = [10, 20]")
+    if not 0.0 <= config.training.average_decay < 1.0:
+        raise RecsysError(
+            f"training.average_decay must lie in [0, 1), got {config.training.average_decay}",
+            fix="use e.g. 0.999, or 0 to turn parameter averaging off",
+        )
+    if config.training.ranking_users < 0:
+        raise RecsysError(
+            f"training.ranking_users must be >= 0, got {config.training.ranking_users}",
+            fix="use e.g. 1000, or 0 to turn the validation ranking probe off",
+        )
 
 
 def _require_positive(settings: list[tuple[str, int]]) -> None:

@@ -35,6 +35,7 @@ from recsys_mtl.objectives.weighting import WEIGHTING
 from recsys_mtl.recommender import Recommender
 from recsys_mtl.tracking import NoopTracker, Tracker
 from recsys_mtl.training.diagnostics import write_training_diagnostics
+from recsys_mtl.training.ranking_probe import RankingProbe
 from recsys_mtl.training.tensors import TensorData, predict_arrays
 from recsys_mtl.training.trainer import Trainer, TrainingResult
 
@@ -106,7 +107,11 @@ def item_log_frequency(train: TensorData, model: MultiTaskModel) -> torch.Tensor
 
 
 def _trainer(
-    config: PipelineConfig, model: MultiTaskModel, train: TensorData, tracker: Tracker | None
+    config: PipelineConfig,
+    model: MultiTaskModel,
+    train: TensorData,
+    tracker: Tracker | None,
+    ranking_probe: RankingProbe | None = None,
 ) -> Trainer:
     return Trainer(
         model,
@@ -117,6 +122,7 @@ def _trainer(
         tracker,
         Paths(config.output_path).checkpoints,
         item_log_frequency(train, model),
+        ranking_probe,
     )
 
 
@@ -129,7 +135,18 @@ def train_stage(
     train = TensorData.from_frame(features.train, tasks, features.transform)
     validation = TensorData.from_frame(features.validation, tasks, features.transform)
     model = build_model(features.transform, config.model, tasks, train.label_means())
-    trainer = _trainer(config, model, train, tracker)
+    probe = None
+    if config.training.ranking_users:
+        probe = RankingProbe.from_frames(
+            features.train,
+            features.validation,
+            train,
+            validation,
+            config.evaluation.k,
+            config.training.ranking_users,
+            config.pipeline.seed,
+        )
+    trainer = _trainer(config, model, train, tracker, probe)
     try:
         result = trainer.fit(train, validation)
     except ValueError as exc:

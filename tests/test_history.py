@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from polars.testing import assert_frame_equal
 
 from recsys_mtl.config import config_from_dict
@@ -18,6 +19,8 @@ from recsys_mtl.features.history import (
     user_recent_ratings,
 )
 from recsys_mtl.features.pipeline import build_features
+from recsys_mtl.features.vocab import FIRST
+from recsys_mtl.training.tensors import TensorData
 
 # user 1: events at 10 (train), 20 twice (train, a tie), 30 (test); user 2 at 5, 40.
 EVENTS = pl.DataFrame(
@@ -254,3 +257,33 @@ def test_a_model_without_row_features_serves_queries(synthetic: Dataset) -> None
     out = recommender.recommend([0, 1, 10**9], k=3)  # a known, another, an unknown user
     assert out.height == 9
     assert recommender.predict(built.test.head(5)).height == 5
+
+
+def test_item_history_off_keeps_items_static_and_users_dynamic(synthetic: Dataset) -> None:
+    from recsys_mtl.model.multitask import build_model
+    from recsys_mtl.recommender import Recommender
+
+    config = config_from_dict(
+        {
+            "features": {"item_history": False, "time": ["recency"]},
+            "tracking": {"enabled": False},
+        }
+    )
+    built = build_features(synthetic, config)
+    user_rows = {c.name for c in built.transform.users.spec.rows}
+    assert {"user_recency", "user_click_rate", "recent_items"} <= user_rows
+    assert built.transform.items.spec.rows == []
+    assert {"item_recency", "item_click_rate", "item_mean_rating"}.isdisjoint(built.train.columns)
+    assert "user_recency" in built.train.columns
+    model = build_model(built.transform, config.model, config.tasks).eval()
+    recommender = Recommender.from_training(
+        model, built.transform, built.train, config.retrieval, config.model
+    )
+    recommender.build_index("Flat")
+    # an item's vector in training (any row, any time) is the one the index serves
+    rows = TensorData.from_frame(built.train, config.tasks, built.transform)
+    with torch.no_grad():
+        trained = model.item_vectors(model.item_encoder(rows.items, rows.item_rows)).numpy()
+    served = recommender.item_vectors()[rows.items.numpy() - FIRST]
+    np.testing.assert_allclose(trained, served, rtol=1e-5, atol=1e-6)
+    assert recommender.recommend([0, 10**9], k=3).height == 6

@@ -255,6 +255,7 @@ class HistorySpec:
     global_rating: float = 0.0
     reference_time: int = 0
     recent_ratings: int = 0
+    item_features: bool = True
     scalers: dict[str, list[float]] = field(default_factory=dict)  # name -> [mean, std]
 
     @property
@@ -285,6 +286,7 @@ class HistoryTransform:
         n_recent: int,
         recency: bool,
         n_recent_ratings: int = 0,
+        item_features: bool = True,
     ) -> HistoryTransform:
         """Global means from training events; the serving state from `state_events`
         (training + validation events, with item_idx)."""
@@ -302,6 +304,7 @@ class HistoryTransform:
             global_rating=float(ratings.mean()) if ratings.len() else 0.0,
             reference_time=int(state_events["timestamp"].max() or 0),
             recent_ratings=n_recent_ratings,
+            item_features=item_features,
         )
         users = final_aggregates(state_events, "user_id")
         if n_recent:
@@ -328,11 +331,16 @@ class HistoryTransform:
     def columns(self, prefix: str) -> list[ColumnSpec]:
         """Model inputs this transform adds to the `prefix` ('user' or 'item') side."""
         out = [ColumnSpec(f"{prefix}_{stat}", "numeric") for stat in self._stats(prefix)]
-        if self.spec.recency:
+        if self.spec.recency and self._has_side(prefix):
             out.append(ColumnSpec(f"{prefix}_recency", "categorical", size=RECENCY_SIZE))
         return out
 
+    def _has_side(self, prefix: str) -> bool:
+        return prefix == "user" or self.spec.item_features
+
     def _stats(self, prefix: str) -> tuple[str, ...]:
+        if not self._has_side(prefix):
+            return ()
         extra = ("recent_rating",) if prefix == "user" and self.spec.recent_ratings else ()
         return self.spec.stats + extra
 
@@ -361,7 +369,7 @@ class HistoryTransform:
             ).cast(pl.Float32)
             for e in self._values(prefix)
         ]
-        if self.spec.recency:
+        if self.spec.recency and self._has_side(prefix):
             values.append(recency_index(timestamp, pl.col("last_time")).alias(f"{prefix}_recency"))
         return raw.select(values)
 

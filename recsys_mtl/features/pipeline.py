@@ -180,6 +180,7 @@ def _history_features(
         n_recent=fc.recent_items,
         recency="recency" in fc.time,
         n_recent_ratings=fc.recent_ratings,
+        item_features=fc.item_history,
     )
     timestamp = rows["timestamp"]
     train = rows["split"] == TRAIN
@@ -206,7 +207,11 @@ def _history_features(
             pl.Series(RECENT_RATED, shown.astype(np.int32)),
         )
     history.fit_scalers(raw["user"].filter(train), raw["item"].filter(train))
-    parts = [history.features(raw[side], side, pl.col("timestamp")) for side in SIDES]
+    parts = [
+        history.features(raw[side], side, pl.col("timestamp"))
+        for side in SIDES
+        if history.columns(side)
+    ]
     clicks_before = raw["user"]["clicks"].to_numpy()
     del raw
     if fc.recent_items:

@@ -340,7 +340,7 @@ class FeatureTransform:
         elif isinstance(frame.schema["timestamp"], pl.Datetime | pl.Date):
             frame = frame.with_columns(pl.col("timestamp").dt.epoch("s"))
         parts = [self.context_features(frame)] if side == "user" else []
-        if self.history is not None:
+        if self.history is not None and self.history.columns(side):
             raw = self.history.state_rows(frame[key], side)
             raw = raw.with_columns(frame["timestamp"].cast(pl.Int64).alias("timestamp"))
             parts.append(self.history.features(raw, side, pl.col("timestamp")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from recsys_mtl.model.multitask import MultiTaskModel
 from recsys_mtl.objectives.losses import in_batch_softmax_loss, task_losses
 from recsys_mtl.objectives.weighting import WeightingStrategy
 from recsys_mtl.tracking import NoopTracker, Tracker
+from recsys_mtl.training.averaging import ParameterAverage
+from recsys_mtl.training.ranking_probe import RankingProbe
 from recsys_mtl.training.relations import task_gradient_cosines
 from recsys_mtl.training.tensors import TensorData, predict_arrays
 
@@ -56,9 +59,11 @@ class Trainer:
         tracker: Tracker | None = None,
         checkpoint_dir: Path | None = None,
         item_log_frequency: torch.Tensor | None = None,
+        ranking_probe: RankingProbe | None = None,
     ) -> None:
         """`item_log_frequency` (n_items,): log click frequency of each item in training,
-        the correction of the in-batch retrieval loss (`training.retrieval_loss_weight`)."""
+        the correction of the in-batch retrieval loss (`training.retrieval_loss_weight`);
+        `ranking_probe` adds val/recall@k, val/ndcg@k and val/hitrate@k to validation."""
         self.model = model
         self.tasks = tasks
         self.weighting = weighting
@@ -70,6 +75,8 @@ class Trainer:
             model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
         self.item_log_frequency = item_log_frequency
+        self.ranking_probe = ranking_probe
+        self.average: ParameterAverage | None = None
         self.relations: dict[int, list[list[float]]] = {}
         self.gates: dict[int, dict[str, Any]] = {}
 
@@ -120,6 +127,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
+            if self.average is not None:
+                self.average.update(self.model)
             for name, loss in losses.items():
                 sums[name] += loss.detach()
             n_batches += 1
@@ -158,6 +167,8 @@ class Trainer:
     def validate(self, data: TensorData) -> dict[str, float]:
         predictions = predict_arrays(self.model, data)
         metrics = pointwise_metrics(data, predictions, self.tasks)
+        if self.ranking_probe is not None:
+            metrics.update(self.ranking_probe.evaluate(self.model))
         return {f"val/{k}": v for k, v in metrics.items()}
 
     def fit(self, train: TensorData, validation: TensorData) -> TrainingResult:
@@ -167,7 +178,8 @@ class Trainer:
         history = []
         for epoch in range(1, self.cfg.epochs + 1):
             metrics = self.train_epoch(train, epoch)
-            metrics.update(self.validate(validation))
+            with self._averaged():
+                metrics.update(self.validate(validation))
             if self.cfg.monitor not in metrics:
                 known = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
                 raise ValueError(f"training.monitor '{self.cfg.monitor}' is not one of: {known}")
@@ -175,9 +187,10 @@ class Trainer:
             history.append({"epoch": epoch, **metrics})
             self.tracker.log_metrics(metrics, step=epoch)
             if best_score is None or metric_is_better(self.cfg.monitor, score, best_score):
-                best_state = copy.deepcopy(self.model.state_dict())
+                with self._averaged():
+                    best_state = copy.deepcopy(self.model.state_dict())
+                    self._checkpoint("best.pt", epoch)
                 best_score, best_epoch, stale = score, epoch, 0
-                self._checkpoint("best.pt", epoch)
             else:
                 stale += 1
             self._checkpoint("last.pt", epoch)
@@ -206,6 +219,12 @@ class Trainer:
         # they made each epoch several times slower than the last (measured on ML-100K).
         torch.set_flush_denormal(True)
         torch.manual_seed(self.seed)
+        decay = self.cfg.average_decay
+        self.average = ParameterAverage(self.model, decay) if decay else None
+
+    def _averaged(self) -> AbstractContextManager[None]:
+        """Inside: the model carries its averaged parameters (when averaging is on)."""
+        return self.average.applied(self.model) if self.average is not None else nullcontext()
 
     def refit(self, data: TensorData, selected: TrainingResult) -> TrainingResult:
         """Train this (fresh) model on `data` for `selected.best_epoch` epochs, with no
@@ -216,6 +235,8 @@ class Trainer:
         for epoch in range(1, selected.best_epoch + 1):
             metrics = self.train_epoch(data, epoch)
             self.tracker.log_metrics({f"refit/{k}": v for k, v in metrics.items()}, step=epoch)
+        if self.average is not None:
+            self.average.copy_to(self.model)
         self._checkpoint("refit.pt", selected.best_epoch)
         return TrainingResult(
             selected.best_epoch,
