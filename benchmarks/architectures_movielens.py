@@ -25,7 +25,7 @@ import statistics
 import time
 from typing import Any
 
-from movielens_common import METRICS, PIPELINE, RESULTS
+from movielens_common import METRICS, PIPELINE, RESULTS, add_common_arguments, reproduce_line
 
 TARGETS = {
     "test/click_auc": 0.87,
@@ -172,9 +172,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
         + ".",
         "",
-        "Reproduce: `.venv/bin/python benchmarks/architectures_movielens.py"
-        + (" --set " + " ".join(result["overrides"]) if result["overrides"] else "")
-        + "`",
+        reproduce_line("architectures_movielens.py", result["overrides"]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -183,16 +181,8 @@ def main() -> None:
     from recsys_mtl.model.architectures import SHARING
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    add_common_arguments(parser, "architectures_movielens100k")
     parser.add_argument("--sharing", nargs="+", default=list(SHARING))
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="*",
-        default=[],
-        help="extra config overrides for every run, e.g. training.epochs=5",
-    )
-    parser.add_argument("--name", default="architectures_movielens100k")
     parser.add_argument(
         "--skip-single-task", action="store_true", help="no single-task baselines (and no Δm)"
     )

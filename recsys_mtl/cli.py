@@ -2,6 +2,7 @@
 
   recsys-mtl run PIPELINE.toml [--set section.key=value ...]
   recsys-mtl features|train|index|evaluate PIPELINE.toml [--set ...]
+  recsys-mtl sweep PIPELINE.toml --grid KEY=V1,V2 [--grid ...] [--set ...]
   recsys-mtl predict --model MODEL --input IMPRESSIONS.parquet --out PRED.parquet
   recsys-mtl recommend --model MODEL (--user ID ... | --users FILE) -k K [--out FILE]
   recsys-mtl evaluate --model MODEL --input LABELLED.parquet [--out REPORT.json]
@@ -63,6 +64,20 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="model folder or MLflow model URI")
     evaluate.add_argument("--input", help="labelled impressions (Parquet or CSV)")
     evaluate.add_argument("--out", help="write the report as JSON here")
+
+    sweep = pipeline_command(
+        "sweep",
+        "Run every combination of --grid settings as nested MLflow runs; write a "
+        "comparison table and the Pareto front of the task metrics.",
+    )
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="values to try for one setting, e.g. objectives.weighting=static,famo "
+        "(repeat for more settings; pipeline.seed=42,43,44 averages over seeds)",
+    )
 
     predict = sub.add_parser("predict", help="Score impressions with every head.")
     predict.add_argument("--model", required=True, help="model folder or MLflow model URI")
@@ -161,6 +176,35 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(f"MLflow run id: {summary.run_id}")
     if summary.model_uri:
         print(f"MLflow model: {summary.model_uri}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from recsys_mtl.config import load_config
+    from recsys_mtl.sweep import parse_grid, run_sweep, sweep_configs
+    from recsys_mtl.tracking import MlflowTracker
+
+    grid = parse_grid(args.grid)
+    config = load_config(args.pipeline, args.overrides)
+    prepared = sweep_configs(args.pipeline, args.overrides, grid)  # errors before any run
+
+    def child(name: str) -> Any:
+        return MlflowTracker(config.tracking.experiment, name, config.tracking.uri, nested=True)
+
+    with _tracker(config, "sweep") as tracker:
+        result = run_sweep(
+            args.pipeline,
+            args.overrides,
+            grid,
+            tracker,
+            child if config.tracking.enabled else None,
+            prepared,
+        )
+    print()
+    print((result.folder / "summary.md").read_text())
+    print(f"Not dominated: {', '.join(result.front)}")
+    print(f"Sweep outputs: {result.folder}")
+    if getattr(tracker, "run_id", None):
+        print(f"MLflow parent run id: {tracker.run_id}")
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
@@ -278,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             cmd_run(args)
+        elif args.command == "sweep":
+            cmd_sweep(args)
         elif args.command == "evaluate" and not args.pipeline:
             cmd_evaluate_file(args)
         elif args.command in STAGES:

@@ -243,6 +243,13 @@ class ModelSection:
     embedding_dim: int = _doc("Dimension of every id and side-feature embedding.", 32)
     hidden_dims: list[int] = _doc("Widths of the shared tower layers.", factory=lambda: [64])
     output_dim: int = _doc("Dimension of the exported user/item vectors (before the bias).", 32)
+    static_retrieval_items: bool = _doc(
+        "The retrievable (click) head scores items without their row features (item "
+        "history and recency): its item vectors do not change with time, so a FAISS index "
+        "built once serves exactly what training scored, and the in-batch retrieval loss "
+        "cannot match positives by time. The other heads still read the item's history.",
+        False,
+    )
     head_hidden_dim: int = _doc("Width of the hidden layer of MLP heads.", 32)
     dropout: float = _doc("Dropout in the shared towers.", 0.0)
     experts: int = _doc("MMoE: number of shared experts.", 4)
@@ -261,7 +268,23 @@ class ModelSection:
 
 @dataclass
 class ObjectivesSection:
-    weighting: str = _doc("Loss weighting strategy (registered name), e.g. 'static'.", "static")
+    weighting: str = _doc(
+        "Loss weighting strategy (registered name): 'static', 'inverse_loss', "
+        "'uncertainty', 'gradnorm', 'dwa', 'pcgrad' or 'famo'.",
+        "static",
+    )
+    inverse_loss_alpha: float = _doc(
+        "inverse_loss: w_t proportional to L_t^(-alpha); 1 equalises the weighted losses.", 1.0
+    )
+    gradnorm_alpha: float = _doc(
+        "gradnorm: strength of the pull towards balanced training rates.", 1.5
+    )
+    gradnorm_lr: float = _doc("gradnorm: Adam learning rate of the task weights.", 0.025)
+    dwa_temperature: float = _doc(
+        "dwa: softmax temperature over the loss ratios (larger: more uniform).", 2.0
+    )
+    famo_lr: float = _doc("famo: Adam learning rate of the task logits.", 0.025)
+    famo_decay: float = _doc("famo: weight decay of the task logits.", 1e-3)
 
 
 @dataclass
@@ -274,6 +297,13 @@ class TrainingSection:
     monitor: str = _doc(
         "Validation metric for early stopping and model selection, e.g. 'val/click_auc'.",
         "val/click_auc",
+    )
+    monitor_weights: dict[str, float] = _doc(
+        "Select on a combination of validation metrics instead of one: metric -> weight, "
+        "e.g. {'val/click_auc' = 1, 'val/rating_rmse' = 1}. The score, val/combined, is "
+        "the weighted mean of each metric's relative gain over its first-epoch value, "
+        "signed by its direction (AUC up, RMSE down); set monitor = 'val/combined'.",
+        factory=dict,
     )
     progress: bool = _doc("Show a progress bar per epoch.", True)
     threads: int = _doc("torch intra-op threads; 0 keeps torch's default.", 0)
@@ -293,6 +323,11 @@ class TrainingSection:
         "Keep an exponential moving average of the parameters with this decay per batch "
         "(e.g. 0.999) and validate, select and export the averaged model; 0 turns it off.",
         0.0,
+    )
+    log_every: int = _doc(
+        "Log exponentially smoothed per-step task losses and weights (step/loss/<task>, "
+        "step/weight/<task>) every this many batches; 0 turns it off.",
+        50,
     )
     ranking_users: int = _doc(
         "Validation users whose full ranking of the catalogue is scored every epoch "
@@ -595,6 +630,30 @@ def validate(config: PipelineConfig) -> None:
             f"training.average_decay must lie in [0, 1), got {config.training.average_decay}",
             fix="use e.g. 0.999, or 0 to turn parameter averaging off",
         )
+    training, objectives = config.training, config.objectives
+    if training.monitor == "val/combined" and not training.monitor_weights:
+        raise RecsysError(
+            "training.monitor = 'val/combined' needs training.monitor_weights",
+            fix="set e.g. monitor_weights = {'val/click_auc' = 1, 'val/rating_rmse' = 1}",
+        )
+    for metric, weight in training.monitor_weights.items():
+        if not metric.startswith("val/") or not weight > 0:
+            raise RecsysError(
+                f"training.monitor_weights entry '{metric}' = {weight} is invalid",
+                fix="use validation metric names (val/...) with positive weights",
+            )
+    for name in ("inverse_loss_alpha", "gradnorm_alpha", "famo_decay"):
+        if getattr(objectives, name) < 0:
+            raise RecsysError(
+                f"objectives.{name} must be >= 0, got {getattr(objectives, name)}",
+                fix=f"set objectives.{name} to 0 or more",
+            )
+    for name in ("gradnorm_lr", "famo_lr", "dwa_temperature"):
+        if not getattr(objectives, name) > 0:
+            raise RecsysError(
+                f"objectives.{name} must be positive, got {getattr(objectives, name)}",
+                fix=f"set objectives.{name} above 0",
+            )
     if config.training.ranking_users < 0:
         raise RecsysError(
             f"training.ranking_users must be >= 0, got {config.training.ranking_users}",

@@ -89,7 +89,7 @@ def features_stage(config: PipelineConfig, tracker: Tracker | None = None) -> Fe
     return features
 
 
-def _check_registered(config: PipelineConfig) -> None:
+def check_registered(config: PipelineConfig) -> None:
     for key, registry, value in [
         ("model.sharing", SHARING, config.model.sharing),
         ("objectives.weighting", WEIGHTING, config.objectives.weighting),
@@ -116,7 +116,7 @@ def _trainer(
     return Trainer(
         model,
         config.tasks,
-        WEIGHTING[config.objectives.weighting](config.tasks),
+        WEIGHTING[config.objectives.weighting](config.tasks, config.objectives),
         config.training,
         config.pipeline.seed,
         tracker,
@@ -129,7 +129,7 @@ def _trainer(
 def train_stage(
     config: PipelineConfig, features: FeatureSet, tracker: Tracker | None = None
 ) -> tuple[Recommender, TrainingResult]:
-    _check_registered(config)
+    check_registered(config)
     torch.manual_seed(config.pipeline.seed)
     tasks = config.tasks
     train = TensorData.from_frame(features.train, tasks, features.transform)

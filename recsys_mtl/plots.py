@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,3 +48,75 @@ def heatmap(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    plt = _pyplot()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def line_panels(
+    panels: Sequence[tuple[str, str, dict[str, tuple[Sequence[float], Sequence[float]]]]],
+    title: str,
+    path: Path,
+) -> None:
+    """One line chart per panel: (panel title, x label, series name -> (x, y))."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(7.0, 2.6 * len(panels)), squeeze=False, sharex=False
+    )
+    for ax, (panel_title, x_label, series) in zip(axes[:, 0], panels, strict=True):
+        for name, (x, y) in series.items():
+            ax.plot(list(x), list(y), label=name, marker="o" if len(x) <= 30 else None, ms=3)
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xlabel(x_label)
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def pareto_scatter(
+    points: Sequence[dict[str, float]],
+    labels: Sequence[str],
+    on_front: Sequence[bool],
+    metrics: Sequence[str],
+    title: str,
+    path: Path,
+) -> None:
+    """Every pair of `metrics` as a scatter of the configurations (`points`: metric ->
+    value), the non-dominated ones highlighted and labelled."""
+    plt = _pyplot()
+    pairs = [(a, b) for i, a in enumerate(metrics) for b in metrics[i + 1 :]]
+    fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(5.2 * max(len(pairs), 1), 4.4))
+    axes = np.atleast_1d(axes)
+    for ax, (x_metric, y_metric) in zip(axes, pairs, strict=False):
+        for point, label, front in zip(points, labels, on_front, strict=True):
+            ax.scatter(
+                point[x_metric],
+                point[y_metric],
+                s=40 if front else 18,
+                color="tab:red" if front else "tab:gray",
+                zorder=3 if front else 2,
+            )
+            if front:
+                ax.annotate(label, (point[x_metric], point[y_metric]), fontsize=7)
+        ax.set_xlabel(x_metric)
+        ax.set_ylabel(y_metric)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title} (red: not dominated)")
+    _save(fig, path)

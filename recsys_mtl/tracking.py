@@ -77,7 +77,7 @@ def _clean_metrics(metrics: dict[str, float]) -> dict[str, float]:
 class MlflowTracker:
     """Logs one MLflow run; use as a context manager (the run ends FAILED on an error)."""
 
-    def __init__(self, experiment: str, run_name: str, uri: str = "") -> None:
+    def __init__(self, experiment: str, run_name: str, uri: str = "", nested: bool = False) -> None:
         import mlflow
 
         self._mlflow = mlflow
@@ -89,10 +89,11 @@ class MlflowTracker:
             mlflow.create_experiment(experiment, artifact_location=root.as_uri())
         mlflow.set_experiment(experiment)
         self.run_name = run_name
+        self.nested = nested
         self.run_id: str | None = None
 
     def __enter__(self) -> MlflowTracker:
-        run = self._mlflow.start_run(run_name=self.run_name)
+        run = self._mlflow.start_run(run_name=self.run_name, nested=self.nested)
         self.run_id = run.info.run_id
         return self
 

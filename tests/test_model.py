@@ -3,6 +3,7 @@ shared-embedding gradients, and recovery of planted structure in synthetic data.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -288,3 +289,31 @@ def test_refit_on_the_training_rows_reproduces_the_selected_model(small) -> None
     assert not torch.equal(
         more.model.user_encoder.id_embedding.weight, first.model.user_encoder.id_embedding.weight
     )
+
+
+def test_static_retrieval_items_ignore_item_history_only_in_the_click_head(small) -> None:
+    config, features = small
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL_MODEL, static_retrieval_items=True)
+    model = build_model(features.transform, cfg, config.tasks).eval()
+    data = TensorData.from_frame(features.train, config.tasks, features.transform)
+    assert data.item_rows.numeric.shape[1] + data.item_rows.categorical.shape[1] > 0
+    batch = data.take(slice(0, 50))
+    # the same items as of other rows' times: other history, other recency
+    shuffled = data.take(torch.randperm(len(data))[:50])
+    other_times = TensorData(
+        batch.users, batch.items, batch.user_rows, shuffled.item_rows, batch.labels
+    )
+    with torch.no_grad():
+        out = model(batch.users, batch.items, batch.user_rows, batch.item_rows)
+        moved = model(
+            other_times.users, other_times.items, other_times.user_rows, other_times.item_rows
+        )
+        users, items = model.encode(batch.users, batch.items, batch.user_rows, batch.item_rows)
+        logits = (model.user_vectors(users) * model.item_vectors(items)).sum(-1)
+        served = model.item_vectors(model.item_encoder(batch.items))  # no rows at all
+    torch.testing.assert_close(out["click"], logits)  # still the exported inner product
+    torch.testing.assert_close(out["click"], moved["click"])  # blind to item time
+    torch.testing.assert_close(model.item_vectors(items), served)
+    assert not torch.allclose(out["purchase"], moved["purchase"])  # the others are not
+    assert not torch.allclose(out["rating"], moved["rating"])

@@ -152,3 +152,44 @@ class StackedEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, rows: RowInputs | None = None) -> torch.Tensor:
         return self.encode(self.lookup(ids, rows))
+
+
+def without_rows(encoder: SideEncoder | StackedEncoder, inputs: SideInputs) -> SideInputs:
+    """The same inputs with every row feature (history, recency, context) replaced by its
+    absent value: what is known of the id whatever the time."""
+    defaults = encoder.default_rows(inputs.ids.shape[0])
+    n_cat, n_num = defaults.categorical.shape[1], defaults.numeric.shape[1]
+    table_cat = inputs.categorical.shape[1] - n_cat
+    table_num = inputs.numeric.shape[1] - n_num
+    return SideInputs(
+        ids=inputs.ids,
+        categorical=torch.cat([inputs.categorical[:, :table_cat], defaults.categorical], 1),
+        numeric=torch.cat([inputs.numeric[:, :table_num], defaults.numeric], 1),
+        lists={**inputs.lists, **defaults.lists},
+    )
+
+
+class WithStaticCopy(nn.Module):
+    """Encodes each row twice, (B, 2 * D): with its row features and without them
+    (`without_rows`). The model reads the first half everywhere except in the retrievable
+    head, which sees only the second: item vectors that do not change with time."""
+
+    def __init__(self, encoder: SideEncoder | StackedEncoder) -> None:
+        super().__init__()
+        self.inner = encoder
+        self.spec = encoder.spec
+        self.copy_dim = encoder.copy_dim
+        self.out_dim = encoder.out_dim  # of each half
+
+    def lookup(self, ids: torch.Tensor, rows: RowInputs | None = None) -> SideInputs:
+        return self.inner.lookup(ids, rows)
+
+    def default_rows(self, n: int) -> RowInputs:
+        return self.inner.default_rows(n)
+
+    def encode(self, inputs: SideInputs) -> torch.Tensor:
+        static = without_rows(self.inner, inputs)
+        return torch.cat([self.inner.encode(inputs), self.inner.encode(static)], dim=-1)
+
+    def forward(self, ids: torch.Tensor, rows: RowInputs | None = None) -> torch.Tensor:
+        return self.encode(self.lookup(ids, rows))

@@ -12,7 +12,13 @@ from torch.nn import functional as F
 from recsys_mtl.config import ModelSection, TaskConfig
 from recsys_mtl.features.transform import FeatureTransform
 from recsys_mtl.model.architectures import Sharing, build_sharing, embedding_copies
-from recsys_mtl.model.embeddings import RowInputs, SideEncoder, SideInputs, StackedEncoder
+from recsys_mtl.model.embeddings import (
+    RowInputs,
+    SideEncoder,
+    SideInputs,
+    StackedEncoder,
+    WithStaticCopy,
+)
 from recsys_mtl.model.heads import DotHead, MlpHead
 
 
@@ -58,7 +64,7 @@ class MultiTaskModel(nn.Module):
     def __init__(
         self,
         user_encoder: SideEncoder | StackedEncoder,
-        item_encoder: SideEncoder | StackedEncoder,
+        item_encoder: SideEncoder | StackedEncoder | WithStaticCopy,
         sharing: Sharing,
         heads: nn.ModuleDict,
         tasks: dict[str, TaskConfig],
@@ -99,8 +105,20 @@ class MultiTaskModel(nn.Module):
         """The shared embeddings' output: users (B, Du) and items (B, Di)."""
         return self.user_encoder(user_idx, user_rows), self.item_encoder(item_idx, item_rows)
 
+    def _split_items(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(all heads' items, the retrievable head's items): the halves of a static-copy
+        encoding, or the same tensor twice."""
+        if not isinstance(self.item_encoder, WithStaticCopy):
+            return items, items
+        width = self.item_encoder.out_dim
+        return items[:, :width], items[:, width:]
+
     def forward_encoded(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        items, retrieval_items = self._split_items(items)
         reprs = self.sharing(users, items)
+        if retrieval_items is not items:
+            task = self.retrieval_task
+            reprs[task] = (reprs[task][0], self.sharing.item_repr(retrieval_items, task))
         outputs = {}
         for name in self.order:
             user, item = reprs[name]
@@ -147,7 +165,8 @@ class MultiTaskModel(nn.Module):
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """Encoded items (B, Di) -> retrieval vectors (B, D + 1); <user, item> = click logit."""
         head: DotHead = self.heads[self.retrieval_task]
-        return head.item_vector(self.sharing.item_repr(items, self.retrieval_task))
+        _, retrieval_items = self._split_items(items)
+        return head.item_vector(self.sharing.item_repr(retrieval_items, self.retrieval_task))
 
 
 def build_model(
@@ -164,6 +183,8 @@ def build_model(
         parts = [SideEncoder(side.spec, table, cfg.embedding_dim) for _ in range(copies)]
         encoders.append(parts[0] if copies == 1 else StackedEncoder(parts))
     user_encoder, item_encoder = encoders
+    if cfg.static_retrieval_items:
+        item_encoder = WithStaticCopy(item_encoder)
     sharing = build_sharing(user_encoder.copy_dim, item_encoder.copy_dim, list(tasks), cfg)
     label_means = label_means or {}
     heads = nn.ModuleDict()

@@ -14,23 +14,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from recsys_mtl.objectives.weighting.base import representation_gradients
+
 
 def task_gradient_cosines(
     losses: dict[str, torch.Tensor], shared: Sequence[torch.Tensor]
 ) -> np.ndarray:
     """(T, T) cosine matrix of the task gradients on `shared` (tensors in the graph of
     every loss); the graph is kept for the backward pass that follows."""
-    grads = []
-    for loss in losses.values():
-        parts = torch.autograd.grad(loss, list(shared), retain_graph=True, allow_unused=True)
-        grads.append(
-            torch.cat(
-                [
-                    (g if g is not None else torch.zeros_like(s)).reshape(-1)
-                    for g, s in zip(parts, shared, strict=True)
-                ]
-            )
-        )
+    grads = representation_gradients(losses, shared)
     stacked = torch.stack(grads)  # (T, N)
     unit = stacked / stacked.norm(dim=1, keepdim=True).clamp(min=1e-12)
     return (unit @ unit.T).numpy().astype(np.float64)

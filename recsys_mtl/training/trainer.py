@@ -15,7 +15,11 @@ from tqdm.auto import tqdm
 
 from recsys_mtl.atomic import atomic_path
 from recsys_mtl.config import TaskConfig, TrainingSection
-from recsys_mtl.evaluation.evaluate import metric_is_better, pointwise_metrics
+from recsys_mtl.evaluation.evaluate import (
+    metric_higher_is_better,
+    metric_is_better,
+    pointwise_metrics,
+)
 from recsys_mtl.model.multitask import MultiTaskModel
 from recsys_mtl.objectives.losses import in_batch_softmax_loss, task_losses
 from recsys_mtl.objectives.weighting import WeightingStrategy
@@ -24,6 +28,9 @@ from recsys_mtl.training.averaging import ParameterAverage
 from recsys_mtl.training.ranking_probe import RankingProbe
 from recsys_mtl.training.relations import task_gradient_cosines
 from recsys_mtl.training.tensors import TensorData, predict_arrays
+
+#: The validation metric `training.monitor_weights` combines the task metrics into.
+COMBINED = "val/combined"
 
 
 @dataclass
@@ -38,6 +45,7 @@ class TrainingResult:
     tasks: list[str] = field(default_factory=list)
     relations: dict[int, list[list[float]]] = field(default_factory=dict)
     gates: dict[int, dict[str, Any]] = field(default_factory=dict)
+    steps: list[dict[str, float]] = field(default_factory=list)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -71,12 +79,19 @@ class Trainer:
         self.seed = seed
         self.tracker = tracker or NoopTracker()
         self.checkpoint_dir = checkpoint_dir
+        groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+        if weighting.parameters():  # learnable task weights: no weight decay
+            groups.append({"params": weighting.parameters(), "weight_decay": 0.0})
         self.optimizer = torch.optim.Adam(
-            model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+            groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
         self.item_log_frequency = item_log_frequency
         self.ranking_probe = ranking_probe
         self.average: ParameterAverage | None = None
+        self.step = 0
+        self.reference: dict[str, float] | None = None
+        self.smoothed: dict[str, float] = {}
+        self.steps: list[dict[str, float]] = []
         self.relations: dict[int, list[list[float]]] = {}
         self.gates: dict[int, dict[str, Any]] = {}
 
@@ -115,7 +130,7 @@ class Trainer:
             if every and n_batches % every == 0:
                 relation_sum += task_gradient_cosines(losses, (users, items))
                 n_relations += 1
-            total, weights = self.weighting(losses)
+            total, weights = self.weighting(losses, (users, items))
             penalty = self.model.penalty()
             if penalty is not None:
                 total = total + penalty
@@ -127,8 +142,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
+            self.weighting.after_step(lambda batch=batch: self._losses(batch))
             if self.average is not None:
                 self.average.update(self.model)
+            self._record_step(losses, weights)
             for name, loss in losses.items():
                 sums[name] += loss.detach()
             n_batches += 1
@@ -153,6 +170,26 @@ class Trainer:
         self.weighting.on_epoch_end({n: metrics[f"train/{n}_loss"] for n in self.tasks})
         return metrics
 
+    @torch.no_grad()
+    def _losses(self, batch: TensorData) -> dict[str, torch.Tensor]:
+        """The batch's task losses under the current model (no gradient)."""
+        outputs = self.model(batch.users, batch.items, batch.user_rows, batch.item_rows)
+        return task_losses(outputs, self.model.log_probabilities(outputs), batch.labels, self.tasks)
+
+    def _record_step(self, losses: dict[str, torch.Tensor], weights: dict[str, float]) -> None:
+        """Exponentially smoothed per-step losses and weights, kept every `log_every`
+        steps in `self.steps` and logged as step/loss/<task>, step/weight/<task>."""
+        self.step += 1
+        values = {f"step/loss/{n}": float(loss.detach()) for n, loss in losses.items()}
+        values.update({f"step/weight/{n}": float(w) for n, w in weights.items()})
+        for key, value in values.items():
+            old = self.smoothed.get(key)
+            self.smoothed[key] = value if old is None else 0.9 * old + 0.1 * value
+        if self.cfg.log_every and self.step % self.cfg.log_every == 0:
+            record = {"step": float(self.step), **self.smoothed}
+            self.steps.append(record)
+            self.tracker.log_metrics(dict(self.smoothed), step=self.step)
+
     def _retrieval_loss(
         self, batch: TensorData, users: torch.Tensor, items: torch.Tensor
     ) -> torch.Tensor:
@@ -169,7 +206,28 @@ class Trainer:
         metrics = pointwise_metrics(data, predictions, self.tasks)
         if self.ranking_probe is not None:
             metrics.update(self.ranking_probe.evaluate(self.model))
-        return {f"val/{k}": v for k, v in metrics.items()}
+        named = {f"val/{k}": v for k, v in metrics.items()}
+        if self.cfg.monitor_weights:
+            named[COMBINED] = self._combined(named)
+        return named
+
+    def _combined(self, metrics: dict[str, float]) -> float:
+        """Weighted mean over `monitor_weights` of each metric's relative gain over its
+        first-epoch value, signed by the metric's direction (AUC up, RMSE down)."""
+        missing = sorted(set(self.cfg.monitor_weights) - set(metrics))
+        if missing:
+            known = ", ".join(sorted(metrics))
+            raise ValueError(f"training.monitor_weights names {missing}; known: {known}")
+        if self.reference is None:
+            self.reference = {m: metrics[m] for m in self.cfg.monitor_weights}
+        total = sum(self.cfg.monitor_weights.values())
+        score = 0.0
+        for metric, weight in self.cfg.monitor_weights.items():
+            sign = 1.0 if metric_higher_is_better(metric) else -1.0
+            reference = self.reference[metric]
+            gain = sign * (metrics[metric] - reference) / max(abs(reference), 1e-12)
+            score += weight * gain / total
+        return score
 
     def fit(self, train: TensorData, validation: TensorData) -> TrainingResult:
         self._prepare()
@@ -209,6 +267,7 @@ class Trainer:
             list(self.tasks),
             self.relations,
             self.gates,
+            self.steps,
         )
 
     def _prepare(self) -> None:
@@ -246,6 +305,7 @@ class Trainer:
             list(self.tasks),
             self.relations,
             self.gates,
+            self.steps,
         )
 
     def _checkpoint(self, name: str, epoch: int) -> None:
