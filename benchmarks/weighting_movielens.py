@@ -29,11 +29,14 @@ from architectures_movielens import MAIN, delta_m
 from architectures_movielens import run as run_architectures
 from movielens_common import METRICS, PIPELINE, RESULTS, add_common_arguments, reproduce_line
 
-OUTPUT = "pipeline.output_dir='data/benchmarks/weighting-ml100k'"
+OUTPUT = "pipeline.output_dir='data/benchmarks/weighting-ml100k/{}'"
 
 
-def _baselines(path: str | None, seeds: list[int], overrides: list[str]) -> dict[int, dict]:
-    """seed -> single-task metrics (click, purchase, rating models)."""
+def _baselines(
+    path: str | None, seeds: list[int], overrides: list[str], name: str
+) -> dict[int, dict]:
+    """seed -> single-task metrics (click, purchase, rating models); trained here unless
+    `path` holds them, and then saved as results/<name>_baselines.json for reuse."""
     if path:
         saved = json.loads(Path(path).read_text())
         if saved["overrides"] != overrides:
@@ -41,6 +44,9 @@ def _baselines(path: str | None, seeds: list[int], overrides: list[str]) -> dict
         found = {r["seed"]: r["metrics"] for r in saved["runs"] if r["model"] == "single-task"}
     else:
         result = run_architectures(seeds, [], overrides, baselines=True)
+        saved_path = RESULTS / f"{name}_baselines.json"
+        saved_path.write_text(json.dumps(result, indent=2, default=str))
+        print(f"single-task baselines saved to {saved_path}", flush=True)
         found = {r["seed"]: r["metrics"] for r in result["runs"] if r["model"] == "single-task"}
     missing = [s for s in seeds if s not in found]
     if missing:
@@ -48,12 +54,12 @@ def _baselines(path: str | None, seeds: list[int], overrides: list[str]) -> dict
     return found
 
 
-def _sweep(overrides: list[str], grid: dict[str, list[str]]) -> list[dict[str, Any]]:
+def _sweep(overrides: list[str], grid: dict[str, list[str]], folder: str) -> list[dict[str, Any]]:
     from recsys_mtl.sweep import run_sweep
 
     result = run_sweep(
         PIPELINE,
-        [*overrides, OUTPUT, "tracking.enabled=false", "training.progress=false"],
+        [*overrides, OUTPUT.format(folder), "tracking.enabled=false", "training.progress=false"],
         grid,
     )
     return result.runs.to_dicts()
@@ -78,7 +84,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "setting": setting,
                 "kind": group[0]["kind"],
-                "metrics": {m: _mean_std([r[m] for r in group]) for m in METRICS},
+                "metrics": {m: _mean_std([r[m] for r in group if m in r]) for m in METRICS},
                 "delta_m": statistics.fmean(deltas),
                 "delta_m_std": statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
                 "train_seconds": statistics.fmean(r["train_seconds"] for r in group),
@@ -94,7 +100,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Overrides: {result['overrides'] or 'none'}. Seeds {result['seeds']}; mean ± std "
         "over seeds. Δm: mean relative gain over the single-task baselines of the same seed "
         "on click AUC, purchase AUC and rating RMSE (%). Train s: seconds of training "
-        "(2 cores, refit included).",
+        "(2 cores).",
         "",
         "| weighting | " + " | ".join(m.split("/")[1] for m in METRICS) + " | Δm % | train s |",
         "|---|" + "---|" * (len(METRICS) + 2),
@@ -114,7 +120,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{verdict['best_dynamic']} (Δm {verdict['best_dynamic_delta_m']:+.2f} ± "
         f"{verdict['best_dynamic_std']:.2f}). {verdict['text']}",
         "",
-        reproduce_line("weighting_movielens.py", result["overrides"]),
+        reproduce_line("weighting_movielens.py", result["overrides"])[:-1]
+        + f" --static-grid {result['static_grid']}`",
     ]
     return "\n".join(lines) + "\n"
 
@@ -136,18 +143,18 @@ def main() -> None:
 
     start = time.perf_counter()
     seeds = [str(s) for s in args.seeds]
-    baselines = _baselines(args.baselines, args.seeds, args.overrides)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    baselines = _baselines(args.baselines, args.seeds, args.overrides, args.name)
     runs = []
-    for run in _sweep(
-        args.overrides, {"objectives.weighting": args.strategies, "pipeline.seed": seeds}
-    ):
+    strategies = {"objectives.weighting": args.strategies, "pipeline.seed": seeds}
+    for run in _sweep(args.overrides, strategies, "strategies"):
         name = run["objectives.weighting"]
         kind = "static" if name == "static" else "dynamic"
         runs.append({**run, "setting": name, "kind": kind})
     if args.static_grid:
         grid = parse_grid([args.static_grid])
         key = next(iter(grid))
-        for run in _sweep(args.overrides, {**grid, "pipeline.seed": seeds}):
+        for run in _sweep(args.overrides, {**grid, "pipeline.seed": seeds}, "static-grid"):
             runs.append({**run, "setting": f"static, {key}={run[key]}", "kind": "static"})
     for run in runs:
         run["delta_m"] = delta_m(run, baselines[int(run["pipeline.seed"])])
@@ -165,6 +172,7 @@ def main() -> None:
     result = {
         "seeds": args.seeds,
         "overrides": args.overrides,
+        "static_grid": args.static_grid,
         "main_metrics": {task: metric for task, (metric, _, _) in MAIN.items()},
         "runs": runs,
         "baselines": {str(k): v for k, v in baselines.items()},

@@ -321,7 +321,9 @@ class TrainingSection:
     )
     average_decay: float = _doc(
         "Keep an exponential moving average of the parameters with this decay per batch "
-        "(e.g. 0.999) and validate, select and export the averaged model; 0 turns it off.",
+        "(e.g. 0.999) and validate, select and export the averaged model; 0 turns it off. "
+        "The decay at step t is min(average_decay, (1 + t) / (10 + t)), so over a few "
+        "thousand steps the warm-up sets it (0.9974 after 3,400 steps).",
         0.0,
     )
     log_every: int = _doc(

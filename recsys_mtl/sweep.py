@@ -180,7 +180,8 @@ def run_sweep(
             {
                 "run": i,
                 **combo,
-                **{m: metrics.get(m, float("nan")) for m in [*metrics_names, *_ranking(metrics)]},
+                **{m: metrics.get(m, float("nan")) for m in metrics_names},
+                **{k: v for k, v in metrics.items() if k.startswith("test/")},
                 "best_epoch": result.best_epoch,
                 "train_seconds": result.seconds,
                 "seconds": time.perf_counter() - start,
