@@ -145,17 +145,15 @@ def run_sweep(
     tracker = tracker or NoopTracker()
     keys = list(grid)
     prepared = prepared if prepared is not None else sweep_configs(pipeline, overrides, grid)
-    combos = [combo for combo, _ in prepared]
-    configs = [config for _, config in prepared]
     base = load_config(pipeline, overrides)
     folder = base.output_path / "sweep"
-    tracker.log_params({"sweep.grid": json.dumps(grid), "sweep.runs": len(combos)})
+    tracker.log_params({"sweep.grid": json.dumps(grid), "sweep.runs": len(prepared)})
     features_cache: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     metrics_names = task_metrics(base)
-    for i, (combo, config) in enumerate(zip(combos, configs, strict=True)):
+    for i, (combo, config) in enumerate(prepared):
         label = _setting_label(keys, combo)
-        print(f"[sweep {i + 1}/{len(combos)}] {label}", flush=True)
+        print(f"[sweep {i + 1}/{len(prepared)}] {label}", flush=True)
         key = json.dumps(
             [
                 dataclasses.asdict(config.features),
@@ -190,11 +188,8 @@ def run_sweep(
     runs = pl.DataFrame(rows)
     summary, front = summarise(runs, keys, [*metrics_names, *_ranking(rows[0])])
     _write(folder, runs, summary, front, keys, metrics_names, grid)
-    tracker.log_artifact(folder / "summary.md", "sweep")
-    tracker.log_artifact(folder / "summary.csv", "sweep")
-    tracker.log_artifact(folder / "runs.csv", "sweep")
-    tracker.log_artifact(folder / "pareto.png", "sweep")
-    tracker.log_artifact(folder / "sweep.json", "sweep")
+    for name in ("summary.md", "summary.csv", "runs.csv", "pareto.png", "sweep.json"):
+        tracker.log_artifact(folder / name, "sweep")
     return SweepResult(runs, summary, front, folder)
 
 
