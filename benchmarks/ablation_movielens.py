@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from movielens_common import METRICS, PIPELINE, RESULTS
+from movielens_common import BENCHMARK_EVALUATION, METRICS, PIPELINE, RESULTS
 
 USER_TABLE = ("age", "gender", "occupation", "zip_prefix")
 ITEM_TABLE = ("genres", "year")
@@ -38,6 +38,7 @@ def run_variant(overrides: list[str], epochs: int | None) -> tuple[dict[str, flo
 
     extra = [
         "tracking.enabled=false",
+        *BENCHMARK_EVALUATION,
         "training.progress=false",
         "pipeline.output_dir='data/processed/ablation-ml100k'",
     ]

@@ -25,7 +25,14 @@ import statistics
 import time
 from typing import Any
 
-from movielens_common import METRICS, PIPELINE, RESULTS, add_common_arguments, reproduce_line
+from movielens_common import (
+    BENCHMARK_EVALUATION,
+    METRICS,
+    PIPELINE,
+    RESULTS,
+    add_common_arguments,
+    reproduce_line,
+)
 
 TARGETS = {
     "test/click_auc": 0.87,
@@ -54,6 +61,7 @@ def _config(seed: int, overrides: list[str]) -> Any:
             f"pipeline.seed={seed}",
             f"pipeline.output_dir='data/benchmarks/architectures-ml100k/{seed}'",
             "tracking.enabled=false",
+            *BENCHMARK_EVALUATION,
             "training.progress=false",
         ],
     )
@@ -172,7 +180,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
         + ".",
         "",
-        reproduce_line("architectures_movielens.py", result["overrides"]),
+        reproduce_line("architectures_movielens.py"),
     ]
     return "\n".join(lines) + "\n"
 

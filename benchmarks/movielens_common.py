@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +18,10 @@ METRICS = (
     "test/recall@10",
     "test/ndcg@10",
 )
+
+# The benchmarks train their own baselines and average over seeds: the pipeline's
+# evaluation keeps only the cheap popularity baseline and skips the bootstrap.
+BENCHMARK_EVALUATION = ("evaluation.baselines=['popularity']", "evaluation.bootstrap=0")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -31,7 +37,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--name", default=name, help="results file name, without suffix")
 
 
-def reproduce_line(script: str, overrides: list[str]) -> str:
-    """The markdown line with the command that reproduces a results file."""
-    flags = " --set " + " ".join(overrides) if overrides else ""
+def reproduce_line(script: str) -> str:
+    """The markdown line with the command (as it was run) that reproduces a results file."""
+    flags = "".join(f" {shlex.quote(arg)}" for arg in sys.argv[1:])
     return f"Reproduce: `.venv/bin/python benchmarks/{script}{flags}`"

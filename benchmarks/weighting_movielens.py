@@ -27,7 +27,14 @@ from typing import Any
 
 from architectures_movielens import MAIN, delta_m
 from architectures_movielens import run as run_architectures
-from movielens_common import METRICS, PIPELINE, RESULTS, add_common_arguments, reproduce_line
+from movielens_common import (
+    BENCHMARK_EVALUATION,
+    METRICS,
+    PIPELINE,
+    RESULTS,
+    add_common_arguments,
+    reproduce_line,
+)
 
 OUTPUT = "pipeline.output_dir='data/benchmarks/weighting-ml100k/{}'"
 
@@ -59,7 +66,13 @@ def _sweep(overrides: list[str], grid: dict[str, list[str]], folder: str) -> lis
 
     result = run_sweep(
         PIPELINE,
-        [*overrides, OUTPUT.format(folder), "tracking.enabled=false", "training.progress=false"],
+        [
+            *overrides,
+            OUTPUT.format(folder),
+            "tracking.enabled=false",
+            "training.progress=false",
+            *BENCHMARK_EVALUATION,
+        ],
         grid,
     )
     return result.runs.to_dicts()
@@ -120,8 +133,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{verdict['best_dynamic']} (Δm {verdict['best_dynamic_delta_m']:+.2f} ± "
         f"{verdict['best_dynamic_std']:.2f}). {verdict['text']}",
         "",
-        reproduce_line("weighting_movielens.py", result["overrides"])[:-1]
-        + f" --static-grid {result['static_grid']}`",
+        reproduce_line("weighting_movielens.py")[:-1] + f" --static-grid {result['static_grid']}`",
     ]
     return "\n".join(lines) + "\n"
 

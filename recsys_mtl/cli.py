@@ -4,8 +4,11 @@
   recsys-mtl features|train|index|evaluate PIPELINE.toml [--set ...]
   recsys-mtl sweep PIPELINE.toml --grid KEY=V1,V2 [--grid ...] [--set ...]
   recsys-mtl predict --model MODEL --input IMPRESSIONS.parquet --out PRED.parquet
-  recsys-mtl recommend --model MODEL (--user ID ... | --users FILE) -k K [--out FILE]
+  recsys-mtl recommend --model MODEL (--user ID ... | --users FILE | --all-users) -k K
+      [--fusion TASK=W ...] [--fusion-mode product|sum] [--exclude ITEM ...] [--out FILE]
+  recsys-mtl evaluate PIPELINE.toml [--seeds N]
   recsys-mtl evaluate --model MODEL --input LABELLED.parquet [--out REPORT.json]
+  recsys-mtl report RUN_ID [--out FOLDER]
 
 MODEL is a model folder or an MLflow model URI (runs:/..., models:/...). Bad input
 ends with one paragraph on stderr and exit code 2, never a traceback.
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -64,6 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="model folder or MLflow model URI")
     evaluate.add_argument("--input", help="labelled impressions (Parquet or CSV)")
     evaluate.add_argument("--out", help="write the report as JSON here")
+    evaluate.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="with a pipeline: train and evaluate this many seeds (pipeline.seed, +1, ...) "
+        "and report mean ± std over them",
+    )
+
+    report = sub.add_parser(
+        "report",
+        help="Render an evaluation report (markdown and plots) again from a finished MLflow run.",
+    )
+    report.add_argument("run_id", help="MLflow run id of a run that evaluated a pipeline")
+    report.add_argument("--out", help="output folder (default reports/RUN_ID)")
+    report.add_argument("--tracking-uri", default="", help="MLflow tracking URI")
 
     sweep = pipeline_command(
         "sweep",
@@ -88,14 +108,34 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--model", required=True, help="model folder or MLflow model URI")
     who = recommend.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", nargs="+", help="one or more user ids")
-    who.add_argument("--users", help="file of user ids: Parquet/CSV with user_id, or one a line")
+    who.add_argument(
+        "--users",
+        help="file of user ids: Parquet/CSV with user_id (and optionally exclude_items, "
+        "timestamp, user features), or one id a line",
+    )
+    who.add_argument(
+        "--all-users",
+        action="store_true",
+        help="every user the model knows, in chunks, into the Parquet file --out",
+    )
     recommend.add_argument("-k", type=int, default=10, help="items per user (default 10)")
     recommend.add_argument(
         "--fusion",
         action="append",
         default=[],
         metavar="TASK=WEIGHT",
-        help="fusion exponent per head, e.g. --fusion purchase=2",
+        help="fusion weight per head, e.g. --fusion purchase=2",
+    )
+    recommend.add_argument(
+        "--fusion-mode",
+        choices=["product", "sum"],
+        help="default: the model's retrieval.fusion_mode",
+    )
+    recommend.add_argument(
+        "--exclude", nargs="+", default=[], metavar="ITEM", help="items no user gets"
+    )
+    recommend.add_argument(
+        "--include-seen", action="store_true", help="do not exclude items seen in training"
     )
     recommend.add_argument("--out", help="write Parquet/CSV here instead of printing")
     return parser
@@ -121,21 +161,42 @@ def _load_model(model: str) -> Any:
         return Recommender.load(folder)  # reads everything into memory
 
 
-def _print_metrics(metrics: dict[str, float]) -> None:
-    """A table: one row per metric, columns model / oracle / popularity where present."""
-    rows: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
-        source, _, name = key.partition("/")
-        rows.setdefault(name, {})[source] = value
-    sources = [s for s in ("test", "oracle", "popularity") if any(s in r for r in rows.values())]
-    header = f"{'metric':<30}" + "".join(f"{s if s != 'test' else 'model':>12}" for s in sources)
-    print(header)
-    print("-" * len(header))
-    for name in sorted(rows):
-        cells = "".join(
-            f"{rows[name][s]:>12.4f}" if s in rows[name] else f"{'':>12}" for s in sources
+def _print_report(folder: Path) -> None:
+    """The comparison table of an evaluation report folder, and where the report is."""
+
+    from recsys_mtl.evaluation.report import EVALUATION_FILE, comparison_rows, text_table
+
+    report = json.loads((folder / EVALUATION_FILE).read_text())
+    print(text_table(comparison_rows(report)))
+    boot = report.get("bootstrap", {})
+    if boot.get("resamples"):
+        print(
+            f"\nIntervals: {boot['resamples']} bootstrap resamples of {boot['users']} test users; "
+            "model - system intervals are paired."
         )
-        print(f"{name:<30}{cells}")
+    print(f"Report: {folder / 'report.md'} (plots in {folder / 'plots'})")
+
+
+def _print_index_quality(folder: Path) -> None:
+    """The index quality report: recall@K and speed at each search setting tried."""
+    path = folder / "quality.json"
+    if not path.is_file():
+        return
+    report = json.loads(path.read_text())
+    chosen = report["chosen"]
+    print(
+        f"Index {report['factory']} over {report['n_items']} items: recall@{report['k']} "
+        f"{chosen['recall']:.3f} at {chosen['queries_per_second']:,.0f} queries/s"
+        + (f" ({chosen['parameter']} = {chosen['value']})" if chosen["parameter"] else "")
+        + f"; exact scan {report['exact_queries_per_second']:,.0f} queries/s"
+    )
+    if len(report["points"]) > 1:
+        for point in report["points"]:
+            mark = " <- chosen" if point == chosen else ""
+            print(
+                f"  {point['parameter']} = {point['value']:>5}: recall {point['recall']:.3f}, "
+                f"{point['queries_per_second']:>10,.0f} queries/s{mark}"
+            )
 
 
 @contextlib.contextmanager
@@ -151,6 +212,19 @@ def _tracker(config: Any, stage: str) -> Iterator[Any]:
         yield tracker
 
 
+def _child_trackers(config: Any) -> Any:
+    """name -> a nested MLflow run under the active one, or None with tracking off."""
+    from recsys_mtl.tracking import MlflowTracker
+
+    if not config.tracking.enabled:
+        return None
+
+    def child(name: str) -> Any:
+        return MlflowTracker(config.tracking.experiment, name, config.tracking.uri, nested=True)
+
+    return child
+
+
 # ---------------------------------------------------------------------------- commands
 
 
@@ -161,12 +235,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     config = load_config(args.pipeline, args.overrides)
     with _tracker(config, "run") as tracker:
         summary = run_pipeline(config, tracker)
-        if config.tracking.enabled:
-            tracker.log_artifact(Paths(config.output_path).reports)
-            if config.tracking.log_model:
-                summary.model_uri = tracker.log_recommender(Paths(config.output_path).model)
+        if config.tracking.enabled and config.tracking.log_model:
+            summary.model_uri = tracker.log_recommender(
+                Paths(config.output_path).model, config.tracking.registered_model
+            )
     print()
-    _print_metrics(summary.metrics)
+    _print_report(Paths(config.output_path).reports)
+    _print_index_quality(Paths(config.output_path).index_report)
     if summary.samples is not None:
         print("\nSample retrieval queries (top 5, seen items excluded):")
         with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True):
@@ -176,27 +251,28 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(f"MLflow run id: {summary.run_id}")
     if summary.model_uri:
         print(f"MLflow model: {summary.model_uri}")
+        print(
+            f"Serve it: mlflow models serve -m {summary.model_uri} --env-manager local "
+            "--host 127.0.0.1 --port 5001"
+        )
+    if config.tracking.registered_model and summary.model_uri:
+        print(f"Registered as: models:/{config.tracking.registered_model}/latest")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from recsys_mtl.config import load_config
     from recsys_mtl.sweep import parse_grid, run_sweep, sweep_configs
-    from recsys_mtl.tracking import MlflowTracker
 
     grid = parse_grid(args.grid)
     config = load_config(args.pipeline, args.overrides)
     prepared = sweep_configs(args.pipeline, args.overrides, grid)  # errors before any run
-
-    def child(name: str) -> Any:
-        return MlflowTracker(config.tracking.experiment, name, config.tracking.uri, nested=True)
-
     with _tracker(config, "sweep") as tracker:
         result = run_sweep(
             args.pipeline,
             args.overrides,
             grid,
             tracker,
-            child if config.tracking.enabled else None,
+            _child_trackers(config),
             prepared,
         )
     print()
@@ -226,23 +302,24 @@ def cmd_stage(args: argparse.Namespace) -> None:
                 f"{result.best_score:.4f}; model bundle at {paths.model}"
             )
         elif args.command == "index":
-            recommender = stages.index_stage(config, stages.load_recommender(config))
-            print(
-                f"index '{recommender.index.factory}' over {recommender.index.n_items} items "
-                f"written to {paths.model}"
-            )
+            stages.index_stage(config, stages.load_recommender(config), tracker)
+            _print_index_quality(paths.index_report)
+            print(f"index written to {paths.model}")
         else:
             features = load_features(paths.features)
-            metrics = stages.evaluate_stage(
-                config, stages.load_recommender(config), features, tracker
-            )
-            _print_metrics(metrics)
+            stages.evaluate_stage(config, stages.load_recommender(config), features, tracker)
+            _print_report(paths.reports)
+        run_id = getattr(tracker, "run_id", None)
+        if run_id:
+            print(f"MLflow run id: {run_id}")
 
 
 def cmd_evaluate_file(args: argparse.Namespace) -> None:
     from recsys_mtl.data.schema import validate_impressions
-    from recsys_mtl.evaluation.evaluate import pointwise_metrics, ranking_evaluation
-    from recsys_mtl.training.tensors import TensorData
+    from recsys_mtl.evaluation.evaluate import RankingQueries
+    from recsys_mtl.evaluation.offline import MODEL, System, evaluate_systems, flat_metrics
+    from recsys_mtl.evaluation.report import comparison_rows, text_table
+    from recsys_mtl.evaluation.systems import build_test_set, popularity_system
 
     if not (args.model and args.input):
         raise RecsysError(
@@ -252,35 +329,73 @@ def cmd_evaluate_file(args: argparse.Namespace) -> None:
         )
     recommender = _load_model(args.model)
     frame = validate_impressions(read_table(args.input, "--input"), args.input)
-    encoded = recommender.transform.encode_pairs(frame, args.input)
     tasks = {n: t for n, t in recommender.model.tasks.items() if t.label in frame.columns}
-    data = TensorData.from_frame(encoded, tasks)
+    queries = RankingQueries(recommender, frame)
+    ks = [10, 20]
     predictions = {
         k: v.to_numpy() for k, v in recommender.predict(frame, args.input).to_dict().items()
     }
-    metrics = {f"test/{k}": v for k, v in pointwise_metrics(data, predictions, tasks).items()}
-    metrics.update(
-        {f"test/{k}": v for k, v in ranking_evaluation(recommender, frame, [10, 20]).items()}
-    )
-    _print_metrics(metrics)
+    systems = [
+        System(MODEL, "the model", predictions, top_items=queries.top_items(recommender, max(ks))),
+        popularity_system(recommender, frame, queries, max(ks), tasks),
+    ]
+    test = build_test_set(recommender, frame, queries, tasks)
+    report = evaluate_systems(test, systems, tasks, ks)
+    print(text_table(comparison_rows(report)))
     if args.out:
         from recsys_mtl.atomic import write_json_atomic
 
         write_json_atomic(
-            {"input": args.input, "model": args.model, "metrics": metrics}, Path(args.out)
+            {
+                "input": args.input,
+                "model": args.model,
+                "metrics": flat_metrics(report),
+                "report": report,
+            },
+            Path(args.out),
         )
+
+
+def cmd_evaluate_seeds(args: argparse.Namespace) -> None:
+    from recsys_mtl.config import load_config
+    from recsys_mtl.evaluation.seeds import evaluate_seeds
+
+    if args.seeds < 1:
+        raise RecsysError(f"--seeds must be at least 1, got {args.seeds}", fix="use --seeds 3")
+    config = load_config(args.pipeline, args.overrides)
+    with _tracker(config, "evaluate") as tracker:
+        folder = evaluate_seeds(
+            args.pipeline, args.overrides, args.seeds, tracker, _child_trackers(config)
+        )
+    print((folder / "seeds.md").read_text())
+    run_id = getattr(tracker, "run_id", None)
+    if run_id:
+        print(f"MLflow run id: {run_id}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from recsys_mtl.evaluation.report import render_run_report
+
+    folder = Path(args.out or Path("reports") / args.run_id)
+    path = render_run_report(args.run_id, folder, args.tracking_uri)
+    _print_report(path.parent)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     recommender = _load_model(args.model)
     frame = read_table(args.input, "--input")
-    scores = recommender.predict(frame, args.input)
-    keep = [c for c in ("user_id", "item_id") if c in frame.columns]
-    write_table(pl.concat([frame.select(keep), scores], how="horizontal"), args.out)
+    for column in ("user_id", "item_id"):
+        if column not in frame.columns:
+            raise RecsysError(
+                f"column '{column}' is missing", where=args.input, fix="give user_id and item_id"
+            )
+    scores = recommender.score_pairs(frame, args.input)
+    write_table(scores, args.out)
     print(f"{scores.height} predictions written to {args.out}")
 
 
-def _user_ids(args: argparse.Namespace) -> pl.Series:
+def _user_requests(args: argparse.Namespace) -> pl.Series | pl.DataFrame:
+    """--user ids, or the --users file (a table keeps its extra request columns)."""
     if args.user:
         return pl.Series("user_id", args.user)
     path = Path(args.users)
@@ -288,7 +403,7 @@ def _user_ids(args: argparse.Namespace) -> pl.Series:
         table = read_table(args.users, "--users")
         if "user_id" not in table.columns:
             raise RecsysError(f"'{path}' has no user_id column", fix="name the column user_id")
-        return table["user_id"]
+        return table
     if not path.is_file():
         raise RecsysError(f"users file '{path}' does not exist", fix="check the path")
     return pl.Series(
@@ -302,13 +417,29 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     fusion = {}
     for text in args.fusion:
         key, value = parse_override(text)
-        if not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise RecsysError(f"--fusion '{text}' needs a number", fix="write e.g. purchase=2")
         fusion[key[0]] = float(value)
     if args.k <= 0:
         raise RecsysError(f"-k must be positive, got {args.k}", fix="ask for -k 10, say")
+    if args.all_users and (not args.out or Path(args.out).suffix != ".parquet"):
+        raise RecsysError(
+            "--all-users writes a Parquet file, so it needs --out FILE.parquet",
+            fix="add e.g. --out recommendations.parquet",
+        )
     recommender = _load_model(args.model)
-    result = recommender.recommend(_user_ids(args), k=args.k, fusion=fusion, where="--user")
+    options = {
+        "fusion": fusion,
+        "fusion_mode": args.fusion_mode,
+        "exclude_seen": not args.include_seen,
+        "exclude_items": _typed_items(recommender, args.exclude) if args.exclude else None,
+    }
+    if args.all_users:
+        rows = recommender.recommend_to_parquet(args.out, None, args.k, **options)
+        print(f"{rows} recommendations written to {args.out}")
+        return
+    where = "--user" if args.user else "--users"
+    result = recommender.recommend(_user_requests(args), k=args.k, where=where, **options)
     if args.out:
         write_table(result, args.out)
         print(f"{result.height} recommendations written to {args.out}")
@@ -317,8 +448,24 @@ def cmd_recommend(args: argparse.Namespace) -> None:
             print(result)
 
 
+def _typed_items(recommender: Any, items: list[str]) -> pl.Series:
+    """Command-line item ids (text) in the vocabulary's type."""
+    dtype = recommender.transform.items.ids.dtype
+    if dtype.is_integer():
+        bad = [item for item in items if not item.lstrip("-").isdigit()]
+        if bad:
+            raise RecsysError(
+                f"--exclude {bad[0]!r} is not a whole number but item ids are {dtype}",
+                where="--exclude",
+                fix="pass numeric item ids",
+            )
+        return pl.Series("item_id", [int(item) for item in items], dtype=dtype)
+    return pl.Series("item_id", items, dtype=pl.Utf8)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="recsys-mtl: note: %(message)s")
     try:
         if args.command == "run":
             cmd_run(args)
@@ -326,6 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_sweep(args)
         elif args.command == "evaluate" and not args.pipeline:
             cmd_evaluate_file(args)
+        elif args.command == "evaluate" and args.seeds != 1:
+            cmd_evaluate_seeds(args)
+        elif args.command == "report":
+            cmd_report(args)
         elif args.command in STAGES:
             cmd_stage(args)
         elif args.command == "predict":

@@ -347,15 +347,63 @@ class TrainingSection:
 @dataclass
 class EvaluationSection:
     k: list[int] = _doc("Cut-offs for the ranking metrics.", factory=lambda: [10, 20])
+    curve_k: list[int] = _doc(
+        "Cut-offs of the Recall/NDCG-versus-K plot (ranked as deep as the largest).",
+        factory=lambda: [1, 5, 10, 20, 50, 100],
+    )
+    baselines: list[str] = _doc(
+        "Baselines evaluated in the same run on the same split: 'popularity', "
+        "'global_mean', 'user_mean', 'item_mean' (rating) and 'single_task' (one model per "
+        "task, trained like the model with sharing = 'none' and no task dependencies).",
+        factory=lambda: ["popularity", "global_mean", "user_mean", "item_mean", "single_task"],
+    )
+    bootstrap: int = _doc(
+        "Bootstrap resamples of the test users for the confidence intervals (0: none).", 200
+    )
+    confidence: float = _doc("Level of the bootstrap intervals.", 0.95)
+    cold_user_events: int = _doc(
+        "Users with at most this many interactions before the test form the 'cold' "
+        "segment; the rest are 'active'.",
+        10,
+    )
+
+
+DEFAULT_FUSION = {"click": 1.0, "purchase": 1.0, "rating": 0.0}
 
 
 @dataclass
 class RetrievalSection:
-    index: str = _doc("FAISS index factory string, e.g. 'Flat', 'HNSW32', 'IVF256,Flat'.", "Flat")
+    index: str = _doc(
+        "FAISS index factory string: 'Flat' (exact), 'HNSW32', 'IVF1024,Flat', "
+        "'IVF1024,PQ16'; 'auto' is exact up to 100k items, else IVF with ~4 sqrt(N) lists.",
+        "auto",
+    )
+    nprobe: int = _doc(
+        "IVF lists searched per query; 0 tunes it to target_recall when the index is built.", 0
+    )
+    ef_search: int = _doc(
+        "HNSW search breadth (efSearch); 0 tunes it to target_recall when the index is built.",
+        0,
+    )
+    target_recall: float = _doc(
+        "Recall@quality_k against exact search that tuning nprobe / efSearch aims for.", 0.95
+    )
+    quality_k: int = _doc("K of the index quality report's recall@K.", 100)
+    quality_queries: int = _doc(
+        "User vectors the index quality report measures recall and speed with.", 2000
+    )
     candidates: int = _doc("Candidates fetched from the index before re-ranking by all heads.", 100)
     fusion: dict[str, float] = _doc(
-        "Exponents of the fused score p_click^a * p_purchase^b * (rating/5)^c.",
-        factory=lambda: {"click": 1.0, "purchase": 1.0, "rating": 0.0},
+        "Weights of the heads in the fused score (0 drops a head); requests may change them.",
+        factory=lambda: dict(DEFAULT_FUSION),
+    )
+    fusion_mode: str = _doc(
+        "'product': p_click^a * p_purchase^b * (rating/5)^c; 'sum': a p_click + b p_purchase "
+        "+ c rating/5.",
+        "product",
+    )
+    regression_max: float = _doc(
+        "Regression predictions are divided by this in the fused score (rating/5).", 5.0
     )
     sample_users: int = _doc("How many sample retrieval queries the pipeline prints.", 3)
 
@@ -369,6 +417,11 @@ class TrackingSection:
     )
     enabled: bool = _doc("Log to MLflow at all.", True)
     log_model: bool = _doc("Log the recommender as an MLflow pyfunc model.", True)
+    registered_model: str = _doc(
+        "Register the logged model under this name in the MLflow model registry; empty "
+        "registers nothing.",
+        "",
+    )
 
 
 @dataclass
@@ -625,8 +678,8 @@ def validate(config: PipelineConfig) -> None:
             ("model.output_dim", config.model.output_dim),
         ]
     )
-    if any(k <= 0 for k in config.evaluation.k):
-        raise RecsysError("evaluation.k values must be positive", fix="use e.g. k = [10, 20]")
+    _validate_evaluation(config.evaluation)
+    _validate_retrieval(config.retrieval, config.tasks)
     if not 0.0 <= config.training.average_decay < 1.0:
         raise RecsysError(
             f"training.average_decay must lie in [0, 1), got {config.training.average_decay}",
@@ -660,6 +713,71 @@ def validate(config: PipelineConfig) -> None:
         raise RecsysError(
             f"training.ranking_users must be >= 0, got {config.training.ranking_users}",
             fix="use e.g. 1000, or 0 to turn the validation ranking probe off",
+        )
+
+
+def _validate_retrieval(r: RetrievalSection, tasks: dict[str, TaskConfig]) -> None:
+    from recsys_mtl.retrieval.fusion import check_fusion
+
+    kinds = {name: task.kind for name, task in tasks.items()}
+    if r.fusion == DEFAULT_FUSION:  # the default names the default tasks: keep those there
+        r.fusion = {name: w for name, w in DEFAULT_FUSION.items() if name in tasks}
+    check_fusion(r.fusion, r.fusion_mode, kinds, where="retrieval.fusion")
+    for name in ("nprobe", "ef_search"):
+        if getattr(r, name) < 0:
+            raise RecsysError(
+                f"retrieval.{name} must be >= 0, got {getattr(r, name)}",
+                fix=f"set retrieval.{name} to a positive number, or 0 to tune it",
+            )
+    factory = r.index.strip().upper()
+    if r.nprobe and not factory.startswith("IVF") and factory != "AUTO":
+        raise RecsysError(
+            f"retrieval.nprobe applies to IVF indexes, not to '{r.index}'",
+            fix="remove nprobe, or use an index like 'IVF1024,Flat'",
+        )
+    if r.ef_search and not factory.startswith("HNSW"):
+        raise RecsysError(
+            f"retrieval.ef_search applies to HNSW indexes, not to '{r.index}'",
+            fix="remove ef_search, or use an index like 'HNSW32'",
+        )
+    if not 0 < r.target_recall <= 1:
+        raise RecsysError(
+            f"retrieval.target_recall must lie in (0, 1], got {r.target_recall}",
+            fix="use e.g. 0.95",
+        )
+    if not r.regression_max > 0:
+        raise RecsysError(
+            f"retrieval.regression_max must be positive, got {r.regression_max}",
+            fix="set it to the top of the rating scale, e.g. 5",
+        )
+    _require_positive(
+        [("retrieval.quality_k", r.quality_k), ("retrieval.quality_queries", r.quality_queries)]
+    )
+
+
+def _validate_evaluation(e: EvaluationSection) -> None:
+    from recsys_mtl.evaluation.baseline_names import BASELINES
+
+    if not e.k or any(k <= 0 for k in [*e.k, *e.curve_k]):
+        raise RecsysError(
+            "evaluation.k and evaluation.curve_k values must be positive",
+            fix="use e.g. k = [10, 20] and curve_k = [1, 5, 10, 20, 50, 100]",
+        )
+    unknown = sorted(set(e.baselines) - set(BASELINES))
+    if unknown:
+        raise RecsysError(
+            f"evaluation.baselines has unknown entries {unknown}",
+            fix=f"choose from {list(BASELINES)}",
+        )
+    if e.bootstrap < 0 or e.cold_user_events < 0:
+        raise RecsysError(
+            "evaluation.bootstrap and evaluation.cold_user_events must be >= 0",
+            fix="use e.g. bootstrap = 200 (0 turns the intervals off)",
+        )
+    if not 0.0 < e.confidence < 1.0:
+        raise RecsysError(
+            f"evaluation.confidence = {e.confidence} is not a level in (0, 1)",
+            fix="use e.g. confidence = 0.95",
         )
 
 

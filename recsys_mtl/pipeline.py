@@ -4,12 +4,16 @@ Each stage reads what the previous one wrote under `pipeline.output_dir`:
   features/   the feature set (features.pipeline)
   checkpoints/best.pt, last.pt
   model/      the recommender bundle (recommender.py)
-  training/   task relations and gate utilisation (JSON and heatmaps)
-  reports/    test metrics as JSON
+  training/   history, task relations and gate utilisation (JSON and plots)
+  baselines/  single-task baseline models
+  reports/    evaluation.json, metrics.json, report.md and plots/
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,24 +23,32 @@ import polars as pl
 import torch
 
 from recsys_mtl.atomic import write_json_atomic
-from recsys_mtl.config import PipelineConfig
+from recsys_mtl.config import PipelineConfig, TaskConfig
 from recsys_mtl.data.sources import load_dataset
 from recsys_mtl.errors import RecsysError
-from recsys_mtl.evaluation.evaluate import (
-    oracle_predictions,
-    pointwise_metrics,
-    ranking_evaluation,
+from recsys_mtl.evaluation.evaluate import RankingQueries
+from recsys_mtl.evaluation.offline import MODEL, evaluate_systems, flat_metrics
+from recsys_mtl.evaluation.systems import (
+    build_test_set,
+    model_system,
+    oracle_system,
+    popularity_system,
+    rating_mean_systems,
+    single_task_system,
 )
 from recsys_mtl.features.pipeline import FeatureSet, build_features, save_features
 from recsys_mtl.features.vocab import FIRST
 from recsys_mtl.model.architectures import SHARING
 from recsys_mtl.model.multitask import MultiTaskModel, build_model
 from recsys_mtl.objectives.weighting import WEIGHTING
+from recsys_mtl.plots import recall_speed
 from recsys_mtl.recommender import Recommender
+from recsys_mtl.retrieval.index import ItemIndex
+from recsys_mtl.retrieval.quality import measure_quality
 from recsys_mtl.tracking import NoopTracker, Tracker
 from recsys_mtl.training.diagnostics import write_training_diagnostics
 from recsys_mtl.training.ranking_probe import RankingProbe
-from recsys_mtl.training.tensors import TensorData, predict_arrays
+from recsys_mtl.training.tensors import TensorData
 from recsys_mtl.training.trainer import Trainer, TrainingResult
 
 
@@ -63,6 +75,14 @@ class Paths:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def baselines(self) -> Path:
+        return self.root / "baselines"
+
+    @property
+    def index_report(self) -> Path:
+        return self.root / "index"
 
 
 @dataclass
@@ -111,7 +131,9 @@ def _trainer(
     model: MultiTaskModel,
     train: TensorData,
     tracker: Tracker | None,
+    checkpoints: Path | None,
     ranking_probe: RankingProbe | None = None,
+    task_monitors: dict[str, str] | None = None,
 ) -> Trainer:
     return Trainer(
         model,
@@ -120,15 +142,23 @@ def _trainer(
         config.training,
         config.pipeline.seed,
         tracker,
-        Paths(config.output_path).checkpoints,
+        checkpoints,
         item_log_frequency(train, model),
         ranking_probe,
+        task_monitors,
     )
 
 
-def train_stage(
-    config: PipelineConfig, features: FeatureSet, tracker: Tracker | None = None
-) -> tuple[Recommender, TrainingResult]:
+def _fit(
+    config: PipelineConfig,
+    features: FeatureSet,
+    tracker: Tracker | None,
+    checkpoints: Path | None,
+    task_monitors: dict[str, str] | None = None,
+) -> tuple[MultiTaskModel, TrainingResult, Trainer]:
+    """Train on the training split with early stopping on validation; with
+    `training.refit`, retrain a fresh model on both for the selected number of epochs.
+    Returns the selected model, its record and the trainer that produced it."""
     check_registered(config)
     torch.manual_seed(config.pipeline.seed)
     tasks = config.tasks
@@ -146,7 +176,7 @@ def train_stage(
             config.training.ranking_users,
             config.pipeline.seed,
         )
-    trainer = _trainer(config, model, train, tracker, probe)
+    trainer = _trainer(config, model, train, tracker, checkpoints, probe, task_monitors)
     try:
         result = trainer.fit(train, validation)
     except ValueError as exc:
@@ -155,26 +185,100 @@ def train_stage(
         torch.manual_seed(config.pipeline.seed)
         everything = TensorData.concat([train, validation])
         model = build_model(features.transform, config.model, tasks, everything.label_means())
-        result = _trainer(config, model, everything, tracker).refit(everything, result)
+        trainer = _trainer(config, model, everything, tracker, checkpoints, None, task_monitors)
+        result = trainer.refit(everything, result)
+    return model, result, trainer
+
+
+def seen_interactions(features: FeatureSet) -> pl.DataFrame:
+    """The rows whose positives a served model treats as seen: train + validation."""
+    return pl.concat([features.train, features.validation], how="diagonal_relaxed")
+
+
+def train_stage(
+    config: PipelineConfig, features: FeatureSet, tracker: Tracker | None = None
+) -> tuple[Recommender, TrainingResult]:
+    features = features.without_test()  # protocol guard: training never sees the test split
+    paths = Paths(config.output_path)
+    model, result, _ = _fit(config, features, tracker, paths.checkpoints)
     recommender = Recommender.from_training(
-        model,
-        features.transform,
-        pl.concat([features.train, features.validation], how="diagonal_relaxed"),
-        config.retrieval,
-        config.model,
+        model, features.transform, seen_interactions(features), config.retrieval, config.model
     )
-    recommender.save(Paths(config.output_path).model)
+    recommender.save(paths.model)
     tracker = tracker or NoopTracker()
     tracker.log_metrics({"train/seconds": result.seconds, "train/best_epoch": result.best_epoch})
-    if write_training_diagnostics(result, Paths(config.output_path).training):
-        tracker.log_artifact(Paths(config.output_path).training, "training")
+    write_json_atomic(training_record(result), paths.training / "history.json")
+    if write_training_diagnostics(result, paths.training):
+        tracker.log_artifact(paths.training, "training")
     return recommender, result
 
 
-def index_stage(config: PipelineConfig, recommender: Recommender) -> Recommender:
-    recommender.build_index(config.retrieval.index)
+def training_record(result: TrainingResult) -> dict[str, object]:
+    """What a report needs from training: per-epoch metrics and per-step losses/weights."""
+    return {
+        "best_epoch": result.best_epoch,
+        "best_score": result.best_score,
+        "tasks": result.tasks,
+        "seconds": result.seconds,
+        "history": result.history,
+        "steps": result.steps,
+    }
+
+
+def index_stage(
+    config: PipelineConfig, recommender: Recommender, tracker: Tracker | None = None
+) -> Recommender:
+    """Build the index, tune its search parameter to `retrieval.target_recall` unless
+    configured, write the quality report (recall@K against exact search, queries per
+    second, a recall-versus-speed plot) next to the model and save the bundle."""
+    tracker = tracker or NoopTracker()
+    retrieval = config.retrieval
+    index = recommender.build_index(retrieval.index)
+    configured = {"nprobe": retrieval.nprobe, "efSearch": retrieval.ef_search}
+    fixed = configured.get(index.search_parameter or "", 0)
+    n_users = recommender.transform.users.ids.size - FIRST
+    rng = np.random.default_rng(config.pipeline.seed)
+    sample = rng.choice(n_users, size=min(retrieval.quality_queries, n_users), replace=False)
+    users = recommender.transform.users.ids.values.gather(np.sort(sample))
+    report = measure_quality(
+        index,
+        recommender.item_vectors(),
+        recommender.user_vectors(users, where="index quality"),
+        k=retrieval.quality_k,
+        target_recall=retrieval.target_recall,
+    )
+    if fixed:
+        index.set_search_value(fixed)
+        chosen = [p for p in report.points if p.value == fixed]
+        report.chosen = chosen[0] if chosen else report.chosen
+    folder = Paths(config.output_path).index_report
+    write_json_atomic(report.to_dict(), folder / "quality.json")
+    label = report.points[0].parameter or "exact"
+    recall_speed(
+        {
+            index.factory: [
+                (p.recall, p.queries_per_second, f"{p.value or label}") for p in report.points
+            ]
+        },
+        f"{index.factory}: recall@{report.k} vs speed ({report.n_items} items, "
+        f"{report.n_queries} queries)",
+        folder / "recall_vs_speed.png",
+        target=retrieval.target_recall,
+        exact_qps=report.exact_queries_per_second,
+    )
+    tracker.log_metrics(report.metrics())
+    tracker.log_params({f"index/{k}": v for k, v in index_settings(index).items()})
+    tracker.log_artifact(folder, "index")
     recommender.save(Paths(config.output_path).model)
     return recommender
+
+
+def index_settings(index: ItemIndex) -> dict[str, object]:
+    """The built index's factory string and search parameter, as logged."""
+    settings: dict[str, object] = {"factory": index.factory}
+    if index.search_parameter:
+        settings[index.search_parameter] = index.search_value
+    return settings
 
 
 def load_recommender(config: PipelineConfig) -> Recommender:
@@ -187,41 +291,164 @@ def load_recommender(config: PipelineConfig) -> Recommender:
     return Recommender.load(path)
 
 
+def single_task_config(config: PipelineConfig) -> PipelineConfig:
+    """The single-task baselines' configuration: the same features, sizes and trainer,
+    with towers that share nothing (`sharing = 'none'`, no task groups), no task
+    dependencies, static weights and no validation ranking probe."""
+    baseline = copy.deepcopy(config)
+    baseline.model.sharing = "none"
+    baseline.model.task_groups = []
+    for task in baseline.tasks.values():
+        task.depends_on = ""
+        task.input_from = ""
+    baseline.objectives.weighting = "static"
+    baseline.training.ranking_users = 0
+    baseline.training.monitor_weights = {}
+    baseline.training.monitor = task_monitor(*next(iter(baseline.tasks.items())))
+    return baseline
+
+
+def task_monitor(name: str, task: TaskConfig) -> str:
+    """The validation metric a single-task model of `task` is selected on."""
+    return f"val/{name}_auc" if task.kind == "binary" else f"val/{name}_rmse"
+
+
+def single_task_stage(
+    config: PipelineConfig, features: FeatureSet, tracker: Tracker | None = None
+) -> dict[str, Recommender]:
+    """One single-task model per task, trained once as a `none` model whose towers are
+    each kept at their own task's best validation epoch (`Trainer(task_monitors=...)`).
+    Saved under baselines/single_task/<task>; reused while the configuration and the
+    features are unchanged."""
+    baseline = single_task_config(config)
+    folder = Paths(config.output_path).baselines / "single_task"
+    key = {"config": baseline.to_dict(), "features": features.spec}
+    stamp = folder / "trained_for.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(key)):
+        return {task: Recommender.load(folder / task) for task in baseline.tasks}
+    monitors = {name: task_monitor(name, task) for name, task in baseline.tasks.items()}
+    model, result, trainer = _fit(baseline, features.without_test(), None, None, monitors)
+    models = {}
+    for task, state in trainer.task_states.items():
+        model.load_state_dict(state)
+        recommender = Recommender.from_training(
+            copy.deepcopy(model),
+            features.transform,
+            seen_interactions(features),
+            baseline.retrieval,
+            baseline.model,
+        )
+        recommender.save(folder / task)
+        models[task] = recommender
+    write_json_atomic(key, stamp)
+    (tracker or NoopTracker()).log_metrics(
+        {
+            "single_task/train_seconds": result.seconds,
+            **{f"single_task/{t}_epoch": e for t, e in result.task_epochs.items()},
+        }
+    )
+    return models
+
+
+def split_fingerprints(config: PipelineConfig) -> dict[str, str]:
+    """sha256 of each split's Parquet files as the features stage wrote them."""
+    fingerprints = {}
+    for split in ("train", "validation", "test"):
+        digest = hashlib.sha256()
+        files = sorted((Paths(config.output_path).features / split).glob("*.parquet"))
+        for path in files:
+            digest.update(path.read_bytes())
+        fingerprints[split] = digest.hexdigest() if files else ""
+    return fingerprints
+
+
 def evaluate_stage(
     config: PipelineConfig,
     recommender: Recommender,
     features: FeatureSet,
     tracker: Tracker | None = None,
 ) -> dict[str, float]:
-    """Test metrics of the model, plus the oracle (synthetic data) and popularity."""
+    """Test metrics of the model and its baselines with bootstrap intervals, paired
+    differences and segments; the report (JSON, markdown, plots) under reports/.
+
+    Baselines that train (single-task models) do so first, on the training and
+    validation splits only; the test split is read once, after all training."""
+    from recsys_mtl.evaluation.report import write_report
+
+    tracker = tracker or NoopTracker()
     tasks = recommender.model.tasks
-    test = TensorData.from_frame(features.test, tasks, recommender.transform)
-    metrics = {
-        f"test/{k}": v
-        for k, v in pointwise_metrics(test, predict_arrays(recommender.model, test), tasks).items()
-    }
-    oracle = oracle_predictions(features.test, tasks)
-    if len(oracle) == len(tasks):
-        metrics.update(
-            {f"oracle/{k}": v for k, v in pointwise_metrics(test, oracle, tasks).items()}
-        )
-    popularity = np.bincount(
-        features.train.filter(pl.col("click") == 1)["item_idx"].to_numpy(),
-        minlength=recommender.n_items,
-    )[FIRST:].astype(np.float32)
-    ranking = ranking_evaluation(
-        recommender, features.test, config.evaluation.k, item_popularity=popularity
+    ev = config.evaluation
+    single_task = (
+        single_task_stage(config, features, tracker) if "single_task" in ev.baselines else {}
     )
-    for key, value in ranking.items():
-        metrics[key if key.startswith("popularity/") else f"test/{key}"] = value
-    report = {
-        "metrics": metrics,
+    seen = seen_interactions(features)
+    test = features.test  # read once, here, after training
+    queries = RankingQueries(recommender, test)
+    depth = max([*ev.k, *ev.curve_k])
+    test_data = TensorData.from_frame(test, tasks, recommender.transform)
+    systems = [
+        model_system(
+            MODEL,
+            f"multi-task model ({config.model.sharing})",
+            recommender,
+            test_data,
+            queries,
+            depth,
+        )
+    ]
+    oracle = oracle_system(test, tasks)
+    if oracle is not None:
+        systems.append(oracle)
+    if single_task:
+        systems.append(
+            single_task_system(
+                single_task, test_data, queries, depth, recommender.model.retrieval_task
+            )
+        )
+    if "popularity" in ev.baselines:
+        systems.append(popularity_system(recommender, test, queries, depth, tasks, seen))
+    wanted_means = [b for b in ev.baselines if b.endswith("_mean")]
+    systems += [s for s in rating_mean_systems(seen, test, tasks) if s.name in wanted_means]
+    report = evaluate_systems(
+        build_test_set(recommender, test, queries, tasks),
+        systems,
+        tasks,
+        ev.k,
+        curve_ks=ev.curve_k,
+        resamples=ev.bootstrap,
+        level=ev.confidence,
+        seed=config.pipeline.seed,
+        cold_max_events=ev.cold_user_events,
+    )
+    report["protocol"] = {
         "split": features.spec["split"],
         "rows": features.spec["rows"],
         "source": features.spec["source"],
+        "fingerprints": split_fingerprints(config),
+        "model_selection": {
+            "monitor": config.training.monitor,
+            "on": "validation",
+            "refit_on_train_and_validation": config.training.refit,
+        },
+        "test_split": "read once, after training",
+        "ranking": "full catalogue, items seen before the test excluded, exact inner product",
     }
-    write_json_atomic(report, Paths(config.output_path).reports / "metrics.json")
-    (tracker or NoopTracker()).log_metrics(metrics)
+    metrics = flat_metrics(report)
+    paths = Paths(config.output_path)
+    write_json_atomic(
+        {
+            "metrics": metrics,
+            "split": features.spec["split"],
+            "rows": features.spec["rows"],
+            "source": features.spec["source"],
+        },
+        paths.reports / "metrics.json",
+    )
+    history = paths.training / "history.json"
+    training = json.loads(history.read_text()) if history.is_file() else None
+    write_report(report, training, paths.reports, title=config.pipeline.name)
+    tracker.log_metrics(metrics)
+    tracker.log_artifact(paths.reports, "reports")
     return metrics
 
 
@@ -238,7 +465,7 @@ def run_pipeline(config: PipelineConfig, tracker: Tracker | None = None) -> RunS
     tracker.log_params(config.flat_params())
     features = features_stage(config, tracker)
     recommender, result = train_stage(config, features, tracker)
-    index_stage(config, recommender)
+    index_stage(config, recommender, tracker)
     metrics = evaluate_stage(config, recommender, features, tracker)
     samples = sample_queries(config, recommender, features)
     return RunSummary(metrics, result, samples, tracker.run_id)

@@ -120,3 +120,94 @@ def pareto_scatter(
         ax.grid(alpha=0.3)
     fig.suptitle(f"{title} (red: not dominated)")
     _save(fig, path)
+
+
+def calibration_panels(
+    curves: dict[str, dict[str, dict[str, list[float | None]]]], title: str, path: Path
+) -> None:
+    """Reliability diagrams: one panel per task, one line per system (`curves`: system ->
+    task -> predicted / observed per bin), the diagonal as perfect calibration."""
+    plt = _pyplot()
+    tasks = sorted({task for per_task in curves.values() for task in per_task})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", label="perfect")
+        for system, per_task in curves.items():
+            if task not in per_task:
+                continue
+            curve = per_task[task]
+            pairs = [
+                (p, o)
+                for p, o in zip(curve["predicted"], curve["observed"], strict=True)
+                if p is not None and o is not None
+            ]
+            if pairs:
+                xs, ys = zip(*pairs, strict=True)
+                ax.plot(xs, ys, marker="o", ms=3, label=system)
+        ax.set_title(task)
+        ax.set_xlabel("mean predicted probability")
+        ax.set_ylabel("observed rate")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def interval_panels(
+    panels: Sequence[tuple[str, Sequence[str], Sequence[float], Sequence[Any]]],
+    title: str,
+    path: Path,
+) -> None:
+    """One panel per metric: a dot per system with its interval ([low, high] or None)."""
+    plt = _pyplot()
+    columns = min(3, max(len(panels), 1))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.0 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (metric, names, values, bounds) in zip(axes.flat, panels, strict=False):
+        positions = np.arange(len(names))
+        spans = [b if b and None not in b else (v, v) for v, b in zip(values, bounds, strict=True)]
+        low = [v - b[0] for v, b in zip(values, spans, strict=True)]
+        high = [b[1] - v for v, b in zip(values, spans, strict=True)]
+        colors = ["tab:red" if i == 0 else "tab:blue" for i in range(len(names))]
+        ax.errorbar(positions, values, yerr=[low, high], fmt="none", ecolor="black", capsize=3)
+        ax.scatter(positions, values, color=colors, zorder=3)
+        ax.set_xticks(positions, labels=list(names), rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def recall_speed(
+    curves: dict[str, Sequence[tuple[float, float, str]]],
+    title: str,
+    path: Path,
+    *,
+    target: float | None = None,
+    exact_qps: float | None = None,
+) -> None:
+    """Recall (x) against queries per second (y, log scale) per index: each curve is a
+    list of (recall, qps, label) points, labelled with the search parameter's value."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, points in curves.items():
+        recall = [p[0] for p in points]
+        qps = [p[1] for p in points]
+        ax.plot(recall, qps, marker="o", ms=4, label=name)
+        for r, q, label in points:
+            ax.annotate(label, (r, q), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if exact_qps is not None:
+        ax.axhline(exact_qps, color="tab:gray", ls="--", lw=1, label="exact scan")
+    if target is not None:
+        ax.axvline(target, color="tab:red", ls=":", lw=1, label=f"target recall {target:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("recall against exact search")
+    ax.set_ylabel("queries per second (batched)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import torch
 
+from recsys_mtl.atomic import atomic_path
 from recsys_mtl.config import ModelSection, RetrievalSection
 from recsys_mtl.data.schema import to_polars
 from recsys_mtl.errors import RecsysError
@@ -31,22 +35,19 @@ from recsys_mtl.features.transform import FeatureTransform
 from recsys_mtl.features.vocab import FIRST, UNKNOWN
 from recsys_mtl.model.embeddings import RowInputs, SideInputs
 from recsys_mtl.model.multitask import MultiTaskModel, model_from_metadata, model_metadata
-from recsys_mtl.retrieval.index import ItemIndex
+from recsys_mtl.retrieval.fusion import check_fusion, fuse, fused_score, head_score_column
+from recsys_mtl.retrieval.index import ItemIndex, csr_rows, ordered_topk
 from recsys_mtl.training.tensors import row_inputs
 
 FORMAT_VERSION = 1
 CHUNK_USERS = 1024
+LOGGER = logging.getLogger("recsys_mtl")
 
-
-def csr_rows(
-    indptr: np.ndarray, items: np.ndarray, rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Gather CSR rows (vectorised): returns the sub-matrix's (indptr, items)."""
-    starts, ends = indptr[rows], indptr[rows + 1]
-    lengths = ends - starts
-    sub_indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    offsets = np.arange(sub_indptr[-1]) - np.repeat(sub_indptr[:-1], lengths)
-    return sub_indptr, items[np.repeat(starts, lengths) + offsets]
+SOURCE_MODEL, SOURCE_SIDE_FEATURES, SOURCE_POPULARITY = "model", "side_features", "popularity"
+SOURCES = (SOURCE_MODEL, SOURCE_SIDE_FEATURES, SOURCE_POPULARITY)
+"""Where a user's candidates come from: the index with the user's own vector (known
+users), the index with a vector from side features (unknown users with features), or
+the most popular items (unknown users without features)."""
 
 
 def _sha256(path: Path) -> str:
@@ -78,6 +79,7 @@ class Recommender:
         self.retrieval = retrieval
         self.index = index
         self._item_rows: RowInputs | None = None
+        self._popular: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -140,15 +142,23 @@ class Recommender:
         return self.model.user_vectors(encoded).numpy().astype(np.float32)
 
     def build_index(self, factory: str | None = None) -> ItemIndex:
-        self.index = ItemIndex.build(self.item_vectors(), factory or self.retrieval.index)
-        return self.index
+        """Index the item vectors with `factory` (default `retrieval.index`; 'auto' picks
+        by catalogue size) and the configured nprobe / efSearch where they apply."""
+        index = ItemIndex.build(self.item_vectors(), factory or self.retrieval.index)
+        configured = {"nprobe": self.retrieval.nprobe, "efSearch": self.retrieval.ef_search}
+        value = configured.get(index.search_parameter or "", 0)
+        if value:
+            index.set_search_value(value)
+        self.index = index
+        return index
 
     # ------------------------------------------------------------------ inputs
 
     def _side_inputs(self, side_name: str, frame: pl.DataFrame, where: str) -> SideInputs:
         """Inputs for the raw ids in `frame[<side>_id]`. Table features: known ids from the
         model's buffers; ids unknown to the vocabulary but present in the side table get
-        their own. Row features from the serving state, at `frame`'s timestamp when it
+        their own, and feature columns of `frame` override them for such ids. Row features
+        from the serving state, at `frame`'s timestamp when it
         has one (else the state's reference time), with its context columns."""
         side = self.transform.side(side_name)
         encoder = self.model.user_encoder if side_name == "user" else self.model.item_encoder
@@ -158,12 +168,20 @@ class Recommender:
         rows = row_inputs(self.transform.serving_rows(frame, side_name), side.spec.rows, len(idx))
         inputs = encoder.lookup(torch.from_numpy(idx), rows)
         cold = idx == UNKNOWN
-        if side.table is not None and cold.any():
-            cold_ids = pl.DataFrame({side.spec.key: raw_ids.filter(pl.Series(cold))})
-            cold_ids = cold_ids.join(
-                side.table, on=side.spec.key, how="left", maintain_order="left"
-            )
-            arrays = side.encode_table(cold_ids)
+        given = sorted({c.source for c in side.spec.table} & set(frame.columns))
+        if cold.any() and (side.table is not None or given):
+            cold_rows = frame.filter(pl.Series(cold)).select(side.spec.key, *given)
+            if side.table is not None:
+                # Features given in the request win over the bundle's side table.
+                cold_rows = cold_rows.join(
+                    side.table, on=side.spec.key, how="left", maintain_order="left", suffix="__t"
+                )
+                cold_rows = cold_rows.with_columns(
+                    pl.coalesce(name, f"{name}__t").alias(name)
+                    for name in given
+                    if f"{name}__t" in cold_rows.columns
+                ).drop([c for c in cold_rows.columns if c.endswith("__t")])
+            arrays = side.encode_table(cold_rows)
             where_cold = torch.from_numpy(np.flatnonzero(cold))
             n_cat, n_num = arrays.categorical.shape[1], arrays.numeric.shape[1]
             inputs.categorical[where_cold, :n_cat] = torch.from_numpy(arrays.categorical)
@@ -194,104 +212,364 @@ class Recommender:
         names = list(parts[0]) if parts else []
         return pl.DataFrame({n: torch.cat([p[n] for p in parts]).numpy() for n in names})
 
+    def score_pairs(self, frame: Any, where: str = "input") -> pl.DataFrame:
+        """`predict` with the request's user_id and item_id in front and `user_known` /
+        `item_known` flags: ids the vocabularies do not hold are scored as unknown."""
+        frame = to_polars(frame, where)
+        scores = self.predict(frame, where)
+        users = self.transform.users.ids
+        items = self.transform.items.ids
+        known = pl.DataFrame(
+            {
+                "user_known": users.encode(users.cast(frame["user_id"], where)) >= FIRST,
+                "item_known": items.encode(items.cast(frame["item_id"], where)) >= FIRST,
+            }
+        )
+        unknown_items = frame["item_id"].filter(~known["item_known"]).unique()
+        if unknown_items.len():
+            LOGGER.warning(
+                "%s: %d unknown item ids scored as unknown (e.g. %s)",
+                where,
+                unknown_items.len(),
+                unknown_items.head(5).to_list(),
+            )
+        return pl.concat([frame.select("user_id", "item_id"), known, scores], how="horizontal")
+
     # ------------------------------------------------------------------ recommend
+
+    def popular_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """Item rows (0-based, index order) by training clicks, most clicked first (ties by
+        lower row), and each one's share of all training clicks; cached."""
+        if self._popular is None:
+            counts = np.bincount(self.seen_items - FIRST, minlength=self.n_items - FIRST)
+            order = np.lexsort((np.arange(counts.size), -counts))
+            share = counts[order] / max(int(counts.sum()), 1)
+            self._popular = (order.astype(np.int64), share.astype(np.float32))
+        return self._popular
 
     @torch.no_grad()
     def recommend(
         self,
         user_ids: Any,
         k: int = 10,
-        fusion: dict[str, float] | None = None,
+        fusion: Mapping[str, float] | None = None,
+        *,
+        fusion_mode: str | None = None,
         exclude_seen: bool = True,
+        exclude_items: Sequence[Any] | pl.Series | None = None,
         where: str = "request",
     ) -> pl.DataFrame:
-        """Top-k items per user: FAISS candidates by click score (seen items excluded),
-        re-ranked by all heads with the fusion score prod_t p_t^w_t (rating as rating/5).
+        """Top-k items per user, best first.
 
-        Returns user_id, rank (1..k), item_id, score and each head's prediction.
+        Candidates: the FAISS index's best `retrieval.candidates` items by click score for
+        known users and for unknown users with side features (from the bundle's side
+        table or given as columns of `user_ids`); the most popular items for unknown users
+        without features. Excluded: items the user clicked in training (`exclude_seen`),
+        `exclude_items` (raw ids, for every user) and a per-user `exclude_items` list
+        column of `user_ids`; unknown item ids there are ignored and logged. All heads
+        then score the candidates and the fusion rule (`retrieval.fusion_mode`,
+        `retrieval.fusion` updated by `fusion`) orders them; popularity users keep the
+        popularity order.
+
+        `user_ids`: raw ids (list/Series) or a frame with `user_id` and optionally
+        `timestamp`, context and user feature columns, `exclude_items`.
+        Returns user_id, rank (1..k), item_id, score (the fused score, or the item's share
+        of training clicks for popularity users), source ('model', 'side_features' or
+        'popularity') and each head's prediction.
         """
-        if k <= 0:
-            raise RecsysError(f"k must be positive, got {k}", where=where, fix="ask for k >= 1")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k <= 0:
+            raise RecsysError(f"k must be positive, got {k!r}", where=where, fix="ask for k >= 1")
         if self.index is None:
             raise RecsysError(
                 "this model has no index",
                 where=where,
                 fix="run `recsys-mtl index PIPELINE.toml` first",
             )
-        users = user_ids if isinstance(user_ids, pl.Series) else pl.Series("user_id", user_ids)
-        users = self.transform.users.ids.cast(users.rename("user_id"), where)
-        fusion = {**self.retrieval.fusion, **(fusion or {})}
-        unknown = [name for name in fusion if name not in self.model.tasks]
-        if unknown:
-            raise RecsysError(
-                f"fusion names unknown tasks {unknown}",
-                where=where,
-                fix=f"use task names from {sorted(self.model.tasks)}",
-            )
-        n_candidates = min(max(k, self.retrieval.candidates), self.index.n_items)
+        requests = self._requests(user_ids, where)
+        mode = fusion_mode or self.retrieval.fusion_mode
+        kinds = {name: task.kind for name, task in self.model.tasks.items()}
+        weights = check_fusion({**self.retrieval.fusion, **(fusion or {})}, mode, kinds, where)
+        shared = self._encode_items(exclude_items, f"{where} exclude_items")
+        n_candidates = min(max(int(k), self.retrieval.candidates), self.index.n_items)
         frames = [
             self._recommend_chunk(
-                users.slice(s, CHUNK_USERS), k, n_candidates, fusion, exclude_seen, where
+                requests.slice(s, CHUNK_USERS),
+                int(k),
+                n_candidates,
+                weights,
+                mode,
+                exclude_seen,
+                shared,
+                where,
             )
-            for s in range(0, max(users.len(), 1), CHUNK_USERS)
+            for s in range(0, max(requests.height, 1), CHUNK_USERS)
         ]
         return pl.concat(frames)
 
+    def recommend_to_parquet(
+        self,
+        path: Path | str,
+        user_ids: Any = None,
+        k: int = 100,
+        *,
+        chunk_users: int = 8192,
+        progress: bool = True,
+        **options: Any,
+    ) -> int:
+        """Batch retrieval: the top-k of every user in `user_ids` (default: every user
+        the model knows) written to one Parquet file, `chunk_users` users at a time, so
+        memory stays bounded by the chunk whatever the number of users. The file is
+        written under a temporary name and renamed when complete. `options` go to
+        `recommend` (fusion, fusion_mode, exclude_seen, exclude_items). Returns rows."""
+        import pyarrow.parquet as pq
+        from tqdm.auto import tqdm
+
+        if chunk_users <= 0:
+            raise RecsysError(
+                f"chunk_users must be positive, got {chunk_users}",
+                where="recommend_to_parquet",
+                fix="use e.g. 8192",
+            )
+        requests = (
+            pl.DataFrame({"user_id": self.transform.users.ids.values})
+            if user_ids is None
+            else self._requests(user_ids, "users")
+        )
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = 0
+        with (
+            atomic_path(path) as tmp,
+            tqdm(
+                total=requests.height, unit="user", desc="recommend", disable=not progress or None
+            ) as bar,
+        ):
+            writer: pq.ParquetWriter | None = None
+            try:
+                for start in range(0, max(requests.height, 1), chunk_users):
+                    chunk = self.recommend(
+                        requests.slice(start, chunk_users), k, where="users", **options
+                    ).to_arrow()
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, chunk.schema)
+                    writer.write_table(chunk)
+                    rows += chunk.num_rows
+                    bar.update(min(chunk_users, requests.height - start))
+            finally:
+                if writer is not None:
+                    writer.close()
+        return rows
+
+    def _requests(self, user_ids: Any, where: str) -> pl.DataFrame:
+        """The request as a frame with a `user_id` column in the vocabulary's dtype."""
+        if isinstance(user_ids, pl.DataFrame | pd.DataFrame):
+            frame = to_polars(user_ids, where)
+            if "user_id" not in frame.columns:
+                raise RecsysError(
+                    f"the request has no user_id column (columns: {frame.columns})",
+                    where=where,
+                    fix="send one row per user with a user_id column",
+                )
+        else:
+            users = user_ids if isinstance(user_ids, pl.Series) else pl.Series(list(user_ids))
+            frame = pl.DataFrame({"user_id": users.rename("user_id")})
+        return frame.with_columns(self.transform.users.ids.cast(frame["user_id"], where))
+
+    def _encode_items(self, raw_ids: Any, where: str) -> np.ndarray:
+        """Item rows (0-based) of raw item ids; unknown ids are dropped and logged."""
+        if raw_ids is None:
+            return np.zeros(0, dtype=np.int64)
+        values = raw_ids if isinstance(raw_ids, pl.Series) else pl.Series(list(raw_ids))
+        if values.len() == 0:
+            return np.zeros(0, dtype=np.int64)
+        vocab = self.transform.items.ids
+        idx = vocab.encode(vocab.cast(values.rename("item_id"), where), where).to_numpy()
+        known = idx >= FIRST
+        if not known.all():
+            unknown = values.filter(pl.Series(~known)).unique(maintain_order=True)
+            LOGGER.warning(
+                "%s: %d unknown item ids ignored (e.g. %s)",
+                where,
+                unknown.len(),
+                unknown.head(5).to_list(),
+            )
+        return idx[known].astype(np.int64) - FIRST
+
+    def _exclusions(
+        self,
+        requests: pl.DataFrame,
+        user_idx: np.ndarray,
+        exclude_seen: bool,
+        shared: np.ndarray,
+        where: str,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-user excluded item rows as CSR (seen items, shared and per-user lists)."""
+        n_users = len(user_idx)
+        pieces_rows: list[np.ndarray] = []
+        pieces_items: list[np.ndarray] = []
+        if exclude_seen:
+            indptr, seen = csr_rows(self.seen_indptr, self.seen_items, user_idx)
+            pieces_rows.append(np.repeat(np.arange(n_users), np.diff(indptr)))
+            pieces_items.append(seen - FIRST)
+        if shared.size:
+            pieces_rows.append(np.repeat(np.arange(n_users), shared.size))
+            pieces_items.append(np.tile(shared, n_users))
+        if "exclude_items" in requests.columns:
+            column = requests["exclude_items"]
+            if not isinstance(column.dtype, pl.List | pl.Array):
+                raise RecsysError(
+                    f"exclude_items must hold a list of item ids per user, got {column.dtype}",
+                    where=where,
+                    fix='send e.g. {"user_id": 7, "exclude_items": [3, 19]}',
+                )
+            exploded = (
+                pl.DataFrame({"row": np.arange(n_users), "item_id": column})
+                .explode("item_id")
+                .drop_nulls("item_id")
+            )
+            vocab = self.transform.items.ids
+            idx = vocab.encode(
+                vocab.cast(exploded["item_id"], f"{where} exclude_items"), where
+            ).to_numpy()
+            known = idx >= FIRST
+            if not known.all():
+                LOGGER.warning(
+                    "%s exclude_items: %d unknown item ids ignored (e.g. %s)",
+                    where,
+                    int((~known).sum()),
+                    exploded["item_id"].filter(pl.Series(~known)).head(5).to_list(),
+                )
+            pieces_rows.append(exploded["row"].to_numpy()[known])
+            pieces_items.append(idx[known].astype(np.int64) - FIRST)
+        if not pieces_rows:
+            return np.zeros(n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        rows = np.concatenate(pieces_rows).astype(np.int64)
+        items = np.concatenate(pieces_items).astype(np.int64)
+        # Unique (user, item) pairs in row order: sort by the pair key.
+        keys = np.unique(rows * self.n_items + items)
+        rows, items = keys // self.n_items, keys % self.n_items
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_users))])
+        return indptr.astype(np.int64), items
+
+    def _popular_candidates(
+        self, n_users: int, n_candidates: int, indptr: np.ndarray, excluded: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n_users, n_candidates) item rows in popularity order minus each user's
+        exclusions (-1 pads), and their popularity shares."""
+        order, share = self.popular_items()
+        candidates = ordered_topk(order, n_users, n_candidates, indptr, excluded)
+        share_by_item = np.zeros(order.size + 1, dtype=np.float32)
+        share_by_item[order] = share
+        return candidates, share_by_item[candidates]  # -1 reads the trailing 0
+
     def _recommend_chunk(
         self,
-        users: pl.Series,
+        requests: pl.DataFrame,
         k: int,
         n_candidates: int,
-        fusion: dict[str, float],
+        weights: dict[str, float],
+        mode: str,
         exclude_seen: bool,
+        shared: np.ndarray,
         where: str,
     ) -> pl.DataFrame:
         model = self.model
-        inputs = self._side_inputs("user", pl.DataFrame({"user_id": users}), where)
+        inputs, source = self._user_inputs(requests, where)
         encoded_users = model.user_encoder.encode(inputs)
         user_vectors = model.user_vectors(encoded_users).numpy().astype(np.float32)
-        if exclude_seen:
-            idx = inputs.ids.numpy()
-            indptr, seen = csr_rows(self.seen_indptr, self.seen_items, idx)
-            seen = seen - FIRST
-        else:
-            indptr, seen = None, None
-        _, candidates = self.index.search(user_vectors, n_candidates, indptr, seen)
-        n_users, n_cand = candidates.shape
+        n_users = requests.height
+        indptr, excluded = self._exclusions(
+            requests, inputs.ids.numpy(), exclude_seen, shared, where
+        )
+        assert self.index is not None
+        candidates = np.full((n_users, n_candidates), -1, dtype=np.int64)
+        popularity = source == SOURCES.index(SOURCE_POPULARITY)
+        by_index = np.flatnonzero(~popularity)
+        if by_index.size:
+            sub_indptr, sub_excluded = csr_rows(indptr, excluded, by_index)
+            _, found = self.index.search(
+                user_vectors[by_index], n_candidates, sub_indptr, sub_excluded
+            )
+            candidates[by_index] = found
+        shares = np.zeros((n_users, n_candidates), dtype=np.float32)
+        by_popularity = np.flatnonzero(popularity)
+        if by_popularity.size:
+            sub_indptr, sub_excluded = csr_rows(indptr, excluded, by_popularity)
+            found, found_shares = self._popular_candidates(
+                by_popularity.size, n_candidates, sub_indptr, sub_excluded
+            )
+            candidates[by_popularity], shares[by_popularity] = found, found_shares
         valid = torch.from_numpy(candidates >= 0)
         item_idx = torch.from_numpy(np.where(candidates >= 0, candidates + FIRST, UNKNOWN))
-        pair_users = encoded_users.repeat_interleave(n_cand, dim=0)
+        pair_users = encoded_users.repeat_interleave(n_candidates, dim=0)
         flat_idx = item_idx.reshape(-1)
         pair_items = model.item_encoder(flat_idx, self.item_rows().take(flat_idx))
         predictions = {
-            name: values.reshape(n_users, n_cand)
+            name: values.reshape(n_users, n_candidates)
             for name, values in model.predictions(
                 model.forward_encoded(pair_users, pair_items)
             ).items()
         }
-        log_score = torch.zeros(n_users, n_cand)
-        for name, weight in fusion.items():
-            if weight == 0:
-                continue
-            task = model.tasks[name]
-            column = f"p_{name}" if task.kind == "binary" else f"{name}_pred"
-            value = predictions[column] if task.kind == "binary" else predictions[column] / 5.0
-            log_score += weight * torch.log(value.clamp(min=1e-12))
-        log_score[~valid] = float("-inf")
-        top_score, top_pos = torch.topk(log_score, min(k, n_cand), dim=1)
-        keep = torch.isfinite(top_score).reshape(-1).numpy()
-        rows = np.repeat(np.arange(n_users), top_pos.shape[1])[keep]
+        head_scores = {
+            name: self._head_score(name, task.kind, predictions)
+            for name, task in model.tasks.items()
+        }
+        key = fuse(head_scores, weights, mode)
+        score = fused_score(key, mode)
+        if by_popularity.size:
+            rows = torch.from_numpy(by_popularity)
+            # Popularity order: the candidates are already sorted, so rank by position.
+            key[rows] = -torch.arange(n_candidates, dtype=key.dtype).expand(len(rows), -1)
+            score[rows] = torch.from_numpy(shares[by_popularity])
+        key[~valid] = float("-inf")
+        top_key, top_pos = torch.topk(key, min(k, n_candidates), dim=1)
+        keep = torch.isfinite(top_key).reshape(-1).numpy()
+        width = top_pos.shape[1]
+        rows_out = np.repeat(np.arange(n_users), width)[keep]
         chosen = top_pos.reshape(-1).numpy()[keep]
-        flat_items = item_idx.numpy()[rows, chosen]
+        flat_items = item_idx.numpy()[rows_out, chosen]
         out = {
-            "user_id": users.gather(rows),
-            "rank": (np.tile(np.arange(1, top_pos.shape[1] + 1), n_users)[keep]).astype(np.int32),
+            "user_id": requests["user_id"].gather(rows_out),
+            "rank": (np.tile(np.arange(1, width + 1), n_users)[keep]).astype(np.int32),
             "item_id": self.transform.items.ids.decode(flat_items),
-            "score": top_score.exp().reshape(-1).numpy()[keep],
+            "score": score.numpy()[rows_out, chosen],
+            "source": pl.Series(SOURCES, dtype=pl.Utf8).gather(source[rows_out]),
         }
         for name, values in predictions.items():
-            out[name] = values.numpy()[rows, chosen]
+            out[name] = values.numpy()[rows_out, chosen]
         return pl.DataFrame(out)
+
+    def _head_score(
+        self, name: str, kind: str, predictions: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """A head's fusion score: p_<task>, or the prediction / regression_max (about
+        [0, 1]; not clipped, so predictions past the scale keep their order)."""
+        value = predictions[head_score_column(name, kind)]
+        return value if kind == "binary" else value / self.retrieval.regression_max
+
+    def _user_inputs(self, requests: pl.DataFrame, where: str) -> tuple[SideInputs, np.ndarray]:
+        """The users' model inputs and where their candidates come from (an index into
+        SOURCES per user): known users and unknown ones with side features go to the
+        index, unknown ones without features to popularity."""
+        inputs = self._side_inputs("user", requests, where)
+        cold = inputs.ids.numpy() == UNKNOWN
+        source = np.zeros(requests.height, dtype=np.int64)
+        if cold.any():
+            featured = self._has_side_features("user", requests)
+            source[cold & featured] = SOURCES.index(SOURCE_SIDE_FEATURES)
+            source[cold & ~featured] = SOURCES.index(SOURCE_POPULARITY)
+        return inputs, source
+
+    def _has_side_features(self, side_name: str, frame: pl.DataFrame) -> np.ndarray:
+        """(rows,) bool: the id is in the bundle's side table or the frame gives a value
+        for at least one of its table features."""
+        side = self.transform.side(side_name)
+        given = np.zeros(frame.height, dtype=bool)
+        if side.table is not None:
+            given |= frame[side.spec.key].is_in(side.table[side.spec.key].implode()).to_numpy()
+        for column in {c.source for c in side.spec.table} & set(frame.columns):
+            given |= frame[column].is_not_null().to_numpy()
+        return given
 
     # ------------------------------------------------------------------ persistence
 
@@ -362,6 +640,11 @@ class Recommender:
             ModelSection(**metadata["model"]),
             index,
         )
+
+
+def read_bundle_metadata(folder: Path) -> dict[str, Any]:
+    """The bundle's model.json: architecture, tasks and retrieval settings."""
+    return json.loads((Path(folder) / "model.json").read_text())
 
 
 def _versions() -> dict[str, str]:

@@ -1,13 +1,17 @@
 """The recommender as an MLflow pyfunc model (served by `mlflow models serve`).
 
-Input: a frame with `user_id` (and optionally `item_id`). Without `item_id` it answers
-retrieval queries: the top `k` items per user (params: k), seen items excluded, each
-head's score included. With `item_id` it scores the given pairs. Together with
-tracking.py this is the only code that imports MLflow.
+Input: a frame with `user_id` and optionally `item_id`, `timestamp`, `exclude_items` (a
+list of item ids per user) and the user side-table feature columns (for users the model
+has never seen). Without `item_id` it answers retrieval queries: the top `k` items per
+user with each head's score. With `item_id` it scores the given pairs (plus
+`user_known` / `item_known` flags). Params (all optional, per request): `k`,
+`fusion_mode`, `weight_<task>` (the fusion weights), `exclude_items` (for every user),
+`exclude_seen`. Together with tracking.py this is the only code that imports MLflow.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,10 @@ import mlflow.pyfunc
 import pandas as pd
 import polars as pl
 
+from recsys_mtl.errors import RecsysError
+
 BUNDLE_ARTIFACT = "bundle"
+WEIGHT_PREFIX = "weight_"
 
 
 class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
@@ -26,43 +33,123 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
 
         self.recommender = Recommender.load(Path(context.artifacts[BUNDLE_ARTIFACT]))
 
-    # Unannotated on purpose: MLflow reads type hints on predict as an input schema.
-    def predict(self, context, model_input, params=None):
-        """Recommendations for a frame of user_id, or scores for user_id + item_id."""
-        frame = (
-            model_input
-            if isinstance(model_input, pl.DataFrame)
-            else pl.from_pandas(pd.DataFrame(model_input))
-        )
-        params = params or {}
-        if "item_id" in frame.columns and frame["item_id"].null_count() < frame.height:
-            scores = self.recommender.predict(frame.select("user_id", "item_id"), "request")
-            return pl.concat(
-                [frame.select("user_id", "item_id"), scores], how="horizontal"
-            ).to_pandas()
-        k = int(params.get("k", 10))
-        return self.recommender.recommend(frame["user_id"], k=k, where="request").to_pandas()
+    # A pandas type hint: MLflow infers no schema from it and keeps the explicit signature.
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Recommendations for a frame of user_id, or scores for user_id + item_id. A bad
+        request raises MLflow's invalid-parameter error, which the server answers 400."""
+        try:
+            return answer(self.recommender, model_input, params)
+        except RecsysError as exc:
+            from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def answer(recommender: Any, model_input: Any, params: dict[str, Any] | None) -> pd.DataFrame:
+    """The pyfunc's answer to one request (a frame and its params) as a pandas frame."""
+    frame = (
+        model_input
+        if isinstance(model_input, pl.DataFrame)
+        else pl.from_pandas(pd.DataFrame(model_input))
+    )
+    params = dict(params or {})
+    if "item_id" in frame.columns and frame["item_id"].null_count() < frame.height:
+        return recommender.score_pairs(frame, "request").to_pandas()
+    if "item_id" in frame.columns:
+        frame = frame.drop("item_id")
+    k = params.pop("k", 10)
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)
+    weights = {
+        name[len(WEIGHT_PREFIX) :]: value
+        for name, value in params.items()
+        if name.startswith(WEIGHT_PREFIX) and value is not None and not _is_nan(value)
+    }
+    excluded = params.get("exclude_items")
+    result = recommender.recommend(
+        frame,
+        k=k,
+        fusion=weights,
+        fusion_mode=params.get("fusion_mode") or None,
+        exclude_seen=bool(params.get("exclude_seen", True)),
+        exclude_items=list(excluded) if excluded is not None and len(excluded) else None,
+        where="request",
+    )
+    return result.to_pandas()
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _mlflow_type(dtype: pl.DataType) -> Any:
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array
+
+    if dtype.is_integer():
+        return DataType.long
+    if dtype.is_float():
+        return DataType.double
+    if dtype == pl.Boolean:
+        return DataType.boolean
+    if isinstance(dtype, pl.List | pl.Array):
+        return Array(_mlflow_type(dtype.inner))
+    return DataType.string
 
 
 def _signature(bundle_dir: Path) -> Any:
+    """Input columns (ids in the vocabularies' types, optional request columns) and the
+    per-request params with the bundle's retrieval settings as defaults."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
     from recsys_mtl.features.transform import FeatureTransform
+    from recsys_mtl.recommender import read_bundle_metadata
 
     transform = FeatureTransform.load(bundle_dir / "transform")
-
-    def mlflow_type(dtype: pl.DataType) -> str:
-        return "long" if dtype.is_integer() else "string"
-
-    inputs = Schema(
-        [
-            ColSpec(mlflow_type(transform.users.ids.dtype), "user_id"),
-            ColSpec(mlflow_type(transform.items.ids.dtype), "item_id", required=False),
+    metadata = read_bundle_metadata(bundle_dir)
+    user_type = _mlflow_type(transform.users.ids.dtype)
+    item_type = _mlflow_type(transform.items.ids.dtype)
+    columns = [
+        ColSpec(user_type, "user_id"),
+        ColSpec(item_type, "item_id", required=False),
+        ColSpec(DataType.long, "timestamp", required=False),
+        ColSpec(Array(item_type), "exclude_items", required=False),
+    ]
+    table = transform.users.table
+    if table is not None:
+        sources = {c.source for c in transform.users.spec.table}
+        columns += [
+            ColSpec(_mlflow_type(table.schema[name]), name, required=False)
+            for name in table.columns
+            if name in sources and name != "user_id"
         ]
-    )
-    params = ParamSchema([ParamSpec("k", "long", 10)])
-    return ModelSignature(inputs=inputs, params=params)
+    retrieval = metadata["retrieval"]
+    params = [
+        ParamSpec("k", DataType.long, 10),
+        ParamSpec("fusion_mode", DataType.string, retrieval.get("fusion_mode", "product")),
+        ParamSpec("exclude_seen", DataType.boolean, True),
+        ParamSpec("exclude_items", item_type, [], shape=(-1,)),
+    ]
+    fusion = retrieval.get("fusion", {})
+    params += [
+        ParamSpec(f"{WEIGHT_PREFIX}{task}", DataType.double, float(fusion.get(task, 0.0)))
+        for task in metadata["tasks"]
+    ]
+    return ModelSignature(inputs=Schema(columns), params=ParamSchema(params))
+
+
+def _input_example(bundle_dir: Path) -> pd.DataFrame | None:
+    """Two known users: the example MLflow stores and shows with the model."""
+    from recsys_mtl.features.transform import FeatureTransform
+
+    users = FeatureTransform.load(bundle_dir / "transform").users.ids.values
+    if users.len() == 0:
+        return None
+    return pd.DataFrame({"user_id": users.head(2).to_list()})
 
 
 def log_pyfunc_model(
@@ -74,6 +161,20 @@ def log_pyfunc_model(
         python_model=RecommenderPyfunc(),
         artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
         signature=_signature(bundle_dir),
-        registered_model_name=registered_name,
+        input_example=_input_example(bundle_dir),
+        registered_model_name=registered_name or None,
     )
     return str(info.model_uri)
+
+
+def save_pyfunc_model(bundle_dir: Path, path: Path) -> Path:
+    """Write the bundle as a local MLflow pyfunc model folder (no tracking server needed):
+    `mlflow models serve -m PATH --env-manager local` serves it."""
+    mlflow.pyfunc.save_model(
+        path=str(path),
+        python_model=RecommenderPyfunc(),
+        artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+        signature=_signature(bundle_dir),
+        input_example=_input_example(bundle_dir),
+    )
+    return Path(path)

@@ -125,7 +125,15 @@ def sweep_configs(
             raise
         run_dir = str(folder / f"run-{i:03d}")
         pipeline_section = dataclasses.replace(config.pipeline, output_dir=run_dir)
-        prepared.append((combo, dataclasses.replace(config, pipeline=pipeline_section)))
+        # The single-task baselines do not depend on the grid: `recsys-mtl evaluate` has them.
+        baselines = [b for b in config.evaluation.baselines if b != "single_task"]
+        evaluation = dataclasses.replace(config.evaluation, baselines=baselines)
+        prepared.append(
+            (
+                combo,
+                dataclasses.replace(config, pipeline=pipeline_section, evaluation=evaluation),
+            )
+        )
     return prepared
 
 
@@ -172,14 +180,18 @@ def run_sweep(
                 features_cache[key] = features_stage(config, child)
             features = features_cache[key]
             recommender, result = train_stage(config, features, child)
-            index_stage(config, recommender)
+            index_stage(config, recommender, child)
             metrics = evaluate_stage(config, recommender, features, child)
         rows.append(
             {
                 "run": i,
                 **combo,
                 **{m: metrics.get(m, float("nan")) for m in metrics_names},
-                **{k: v for k, v in metrics.items() if k.startswith("test/")},
+                **{
+                    k: v
+                    for k, v in metrics.items()
+                    if k.startswith("test/") and not k.endswith(("_low", "_high"))
+                },
                 "best_epoch": result.best_epoch,
                 "train_seconds": result.seconds,
                 "seconds": time.perf_counter() - start,

@@ -18,16 +18,18 @@ def cli(*args: object) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def run_smoke(root: Path, smoke_toml: Path) -> tuple[Path, Path, str, str, str]:
+def run_smoke(root: Path, smoke_toml: Path, *overrides: str) -> tuple[Path, Path, str, str, str]:
     """Copy the smoke pipeline into `root` and run it through the CLI.
 
-    The caller sets MLFLOW_TRACKING_URI and the working directory. Returns
+    The caller sets MLFLOW_TRACKING_URI and the working directory; `overrides` are
+    extra `--set` values. Returns
     (pipeline file, output folder, MLflow run id, MLflow model URI, stdout).
     """
     pipeline = root / "smoke.toml"
     pipeline.write_text(smoke_toml.read_text())
     output = root / "smoke"
-    code, stdout, stderr = cli("run", pipeline, "--set", f"pipeline.output_dir={output}")
+    sets = [f"--set={o}" for o in (f"pipeline.output_dir={output}", *overrides)]
+    code, stdout, stderr = cli("run", pipeline, *sets)
     assert code == 0, stderr
     run_id = re.search(r"MLflow run id: (\w+)", stdout)
     model_uri = re.search(r"MLflow model: (\S+)", stdout)

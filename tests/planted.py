@@ -3,6 +3,8 @@ trained on one thread must come near the oracle that generated the data."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +33,30 @@ def planted_config(
                 "relation_every": 10,
                 **training,
             },
-            "evaluation": {"k": [10]},
+            "evaluation": {"k": [10], "baselines": ["popularity"], "bootstrap": 0},
             "tracking": {"enabled": False},
         }
     )
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Inside: torch runs on one thread (tests may run beside each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train_on_one_thread(
     config: PipelineConfig, features: FeatureSet
 ) -> tuple[Any, dict[str, float]]:
     """(training result, test metrics), trained with one torch thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         recommender, result = train_stage(config, features)
         metrics = evaluate_stage(config, recommender, features)
-    finally:
-        torch.set_num_threads(threads)
     return result, metrics
 
 

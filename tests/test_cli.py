@@ -104,10 +104,27 @@ def test_run_prints_metrics_table_and_run_id(smoke: Smoke) -> None:
     assert smoke.code == 0
     lines = smoke.stdout.splitlines()
     header = next(line for line in lines if line.startswith("metric"))
-    assert header.split() == ["metric", "model", "oracle", "popularity"]
+    assert header.split() == [
+        "metric",
+        "system",
+        "value",
+        "95%",
+        "CI",
+        "model",
+        "-",
+        "system",
+        "paired",
+        "95%",
+        "CI",
+    ]
     row = next(line for line in lines if line.startswith("click_auc "))
-    printed = float(row.split()[1])
+    assert row.split()[1] == "model"
+    printed = float(row.split()[2])
     assert printed == pytest.approx(smoke.report()["test/click_auc"], abs=1e-4)
+    low, high = (float(x) for x in row.split("[")[1].rstrip("]").split(","))
+    assert low < printed < high
+    systems = {word for line in lines if line.count("[") == 2 for word in line.split()[:2]}
+    assert {"oracle", "popularity"} <= systems  # baselines carry paired intervals
     assert f"MLflow run id: {smoke.run_id}" in smoke.stdout
     assert smoke.model_uri.startswith("models:/")
     assert _files(smoke.bundle) >= {"manifest.json", "model.pt", "index.faiss", "seen.npz"}
@@ -148,7 +165,7 @@ def test_stage_commands_in_order_produce_the_same_files(smoke: Smoke, tmp_path: 
         assert code == 0, f"{stage}: {stderr}"
         printed[stage] = stdout
     assert f"best epoch {EPOCHS}" in printed["train"]
-    assert "'Flat' over 80 items" in printed["index"]
+    assert "Index Flat over 80 items: recall@80 1.000" in printed["index"]
     assert "click_auc" in printed["evaluate"]
 
     assert _files(output) == _files(smoke.output)
@@ -162,6 +179,27 @@ def test_stage_commands_in_order_produce_the_same_files(smoke: Smoke, tmp_path: 
         )
     metrics = json.loads((output / "reports" / "metrics.json").read_text())["metrics"]
     assert metrics == pytest.approx(smoke.report(), abs=1e-9)
+
+
+def test_report_renders_again_from_the_finished_mlflow_run(smoke: Smoke, tmp_path: Path) -> None:
+    """The run logged its evaluation; `report RUN_ID` rebuilds the same report from it."""
+    artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(smoke.run_id, "reports")} | {
+        f.path for f in mlflow.MlflowClient().list_artifacts(smoke.run_id, "reports/plots")
+    }
+    assert {"reports/report.md", "reports/evaluation.json", "reports/plots/calibration.png"} <= (
+        artifacts
+    )
+    out = tmp_path / "rendered"
+    code, stdout, stderr = cli("report", smoke.run_id, "--out", out)
+    assert code == 0, stderr
+    local = smoke.output / "reports"
+    assert _files(out) == _files(local) - {"metrics.json"}
+    assert (out / "report.md").read_text() == (local / "report.md").read_text()
+    assert "click_auc" in stdout and "popularity" in stdout
+
+    code, _, stderr = cli("report", "0123456789abcdef", "--out", tmp_path / "none")
+    assert code == 2 and "reports/evaluation.json" in stderr
+    assert not (tmp_path / "none").exists()
 
 
 # ---------------------------------------------------------------------------- predict
@@ -192,6 +230,8 @@ def test_predict_scores_every_row_in_order_with_each_model_form(
     assert first.columns == [
         "user_id",
         "item_id",
+        "user_known",
+        "item_known",
         "p_click",
         "p_purchase",
         "p_purchase_given_click",
@@ -204,7 +244,11 @@ def test_predict_scores_every_row_in_order_with_each_model_form(
     assert first["rating_pred"].is_finite().all()
     for other in results[1:]:
         assert_frame_equal(other, first)
-    assert_frame_equal(first.drop("user_id", "item_id"), recommender.predict(pairs))
+    assert_frame_equal(
+        first.drop("user_id", "item_id", "user_known", "item_known"), recommender.predict(pairs)
+    )
+    assert first["user_known"].to_list() == [True] * 60 + [False, True]
+    assert first["item_known"].to_list() == [True] * 61 + [False]
 
 
 # ---------------------------------------------------------------------------- recommend
@@ -246,7 +290,7 @@ def test_recommend_excludes_seen_items_for_each_way_of_naming_users(
 
     recs = frames[0]
     heads = ["p_click", "p_purchase", "p_purchase_given_click", "rating_pred"]
-    assert recs.columns == ["user_id", "rank", "item_id", "score", *heads]
+    assert recs.columns == ["user_id", "rank", "item_id", "score", "source", *heads]
     comparable = [f.with_columns(pl.col("user_id").cast(pl.Int64)) for f in frames]
     for other in comparable[1:]:
         assert_frame_equal(other, comparable[0])

@@ -6,6 +6,12 @@ SQLite MLflow store); the logged model is loaded once with mlflow.pyfunc.
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +20,7 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pytest
+import requests
 from cli_runner import cli, run_smoke
 from mlflow.entities import ViewType
 from mlflow.types import DataType
@@ -26,6 +33,7 @@ pytestmark = pytest.mark.slow
 
 SMOKE = Path(__file__).resolve().parents[1] / "pipelines" / "smoke.toml"
 UNKNOWN_USER = 987654
+REGISTERED = "smoke-recommender"
 
 
 @dataclass
@@ -44,7 +52,9 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         mp.chdir(root)
-        pipeline, output, run_id, model_uri, _ = run_smoke(root, SMOKE)
+        pipeline, output, run_id, model_uri, _ = run_smoke(
+            root, SMOKE, f"tracking.registered_model={REGISTERED}"
+        )
         mlflow.set_tracking_uri(tracking_uri)
         yield Logged(root, pipeline, output, run_id, model_uri)
 
@@ -108,6 +118,8 @@ def test_pyfunc_scores_user_item_pairs_like_recommender_predict(
     assert list(scored.columns) == [
         "user_id",
         "item_id",
+        "user_known",
+        "item_known",
         "p_click",
         "p_purchase",
         "p_purchase_given_click",
@@ -116,22 +128,59 @@ def test_pyfunc_scores_user_item_pairs_like_recommender_predict(
     assert scored["user_id"].tolist() == pairs["user_id"].to_list()
     assert scored["item_id"].tolist() == pairs["item_id"].to_list()
     expected = recommender.predict(pairs).to_pandas()
-    pd.testing.assert_frame_equal(scored.drop(columns=["user_id", "item_id"]), expected)
+    pd.testing.assert_frame_equal(
+        scored.drop(columns=["user_id", "item_id", "user_known", "item_known"]), expected
+    )
+    assert scored["user_known"].tolist() == [True] * 40 + [False]
     assert ((scored["p_click"] >= 0) & (scored["p_click"] <= 1)).all()
     assert (scored["p_purchase"] <= scored["p_click"] + 1e-7).all()
 
 
-def test_signature_takes_user_id_and_a_k_param(pyfunc: Any) -> None:
+def test_signature_has_the_request_columns_and_params(pyfunc: Any) -> None:
     inputs = {spec.name: spec for spec in pyfunc.metadata.get_input_schema().inputs}
-    assert set(inputs) == {"user_id", "item_id"}
+    assert set(inputs) == {"user_id", "item_id", "timestamp", "exclude_items", "segment"}
     assert inputs["user_id"].required
-    assert not inputs["item_id"].required
+    assert not any(inputs[name].required for name in inputs if name != "user_id")
     assert inputs["user_id"].type == DataType.long  # the smoke vocabulary holds Int64 ids
+    assert inputs["segment"].type == DataType.string  # a user side-table feature
     params = {spec.name: spec for spec in pyfunc.metadata.get_params_schema().params}
-    assert set(params) == {"k"}
-    assert params["k"].default == 10
-    assert params["k"].dtype == DataType.long
+    assert set(params) == {
+        "k",
+        "fusion_mode",
+        "exclude_seen",
+        "exclude_items",
+        "weight_click",
+        "weight_purchase",
+        "weight_rating",
+    }
+    assert (params["k"].default, params["k"].dtype) == (10, DataType.long)
+    assert params["fusion_mode"].default == "product"
+    assert (params["weight_click"].default, params["weight_rating"].default) == (1.0, 0.0)
+    assert params["exclude_items"].shape == (-1,)
     assert "python_function" in pyfunc.metadata.flavors
+
+
+def test_params_change_fusion_and_exclusions_like_the_recommender(
+    pyfunc: Any, recommender: Recommender, users: list[int]
+) -> None:
+    request = pd.DataFrame({"user_id": users})
+    params = {"k": 4, "weight_purchase": 0.0, "exclude_items": [13], "fusion_mode": "sum"}
+    answered = pyfunc.predict(request, params=params)
+    expected = recommender.recommend(
+        users, k=4, fusion={"purchase": 0.0}, fusion_mode="sum", exclude_items=[13]
+    ).to_pandas()
+    pd.testing.assert_frame_equal(answered.reset_index(drop=True), expected)
+    assert 13 not in answered["item_id"].tolist()
+
+
+def test_the_model_is_registered(logged: Logged) -> None:
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name='{REGISTERED}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert versions[0].run_id == logged.run_id
+    registered = mlflow.pyfunc.load_model(f"models:/{REGISTERED}/1")
+    answer = registered.predict(pd.DataFrame({"user_id": [UNKNOWN_USER]}), params={"k": 2})
+    assert answer["source"].tolist() == ["popularity", "popularity"]
 
 
 def test_pipeline_failure_marks_the_mlflow_run_failed(logged: Logged, tmp_path: Path) -> None:
@@ -163,3 +212,140 @@ def test_pipeline_failure_marks_the_mlflow_run_failed(logged: Logged, tmp_path: 
     )
     assert models == []
     assert not (tmp_path / "failing" / "model").exists()
+
+
+# ---------------------------------------------------------------------------- REST serving
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(logged: Logged, isolated_mlflow: str) -> Iterator[str]:
+    """`mlflow models serve` on 127.0.0.1 for the logged model; stopped afterwards."""
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{logged.root / 'mlflow' / 'mlflow.db'}",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    log = (logged.root / "serve.log").open("w")
+    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", logged.model_uri]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(
+        command,
+        cwd=logged.root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                raise AssertionError((logged.root / "serve.log").read_text())
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, (logged.root / "serve.log").read_text()
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def _invoke(url: str, payload: dict[str, Any]) -> requests.Response:
+    return requests.post(f"{url}/invocations", json=payload, timeout=60)
+
+
+def test_rest_answers_equal_the_cli(
+    served: str, logged: Logged, users: list[int], tmp_path: Path
+) -> None:
+    response = _invoke(
+        served, {"dataframe_records": [{"user_id": u} for u in users], "params": {"k": 5}}
+    )
+    assert response.status_code == 200, response.text
+    answered = pd.DataFrame(response.json()["predictions"])
+    out = tmp_path / "cli.parquet"
+    user_args = [str(u) for u in users]
+    code, _, stderr = cli(
+        "recommend", "--model", logged.model_uri, "--user", *user_args, "-k", 5, "--out", out
+    )
+    assert code == 0, stderr
+    expected = pl.read_parquet(out).to_pandas()
+    assert answered.groupby("user_id").size().to_dict() == dict.fromkeys(users, 5)
+    pd.testing.assert_frame_equal(answered, expected, check_dtype=False, rtol=1e-5)
+
+
+def test_rest_params_weights_and_exclusions(
+    served: str, logged: Logged, users: list[int], tmp_path: Path
+) -> None:
+    known = users[:2]
+    # an optional list column needs a value in every record: [] for none
+    records = [
+        {"user_id": known[0], "exclude_items": [13, 14]},
+        {"user_id": known[1], "exclude_items": []},
+    ]
+    params = {"k": 3, "weight_click": 0.0, "weight_purchase": 1.0, "exclude_items": [15]}
+    response = _invoke(served, {"dataframe_records": records, "params": params})
+    assert response.status_code == 200, response.text
+    answered = pd.DataFrame(response.json()["predictions"])
+    first = answered[answered["user_id"] == known[0]]["item_id"].tolist()
+    assert not {13, 14, 15} & set(first)
+    assert 15 not in answered["item_id"].tolist()
+    requests_file = tmp_path / "requests.parquet"
+    pl.DataFrame(
+        records, schema={"user_id": pl.Int64, "exclude_items": pl.List(pl.Int64)}
+    ).write_parquet(requests_file)
+    out = tmp_path / "cli.parquet"
+    code, _, stderr = cli(
+        "recommend",
+        "--model",
+        logged.model_uri,
+        "--users",
+        requests_file,
+        "-k",
+        3,
+        "--fusion",
+        "click=0",
+        "--fusion",
+        "purchase=1",
+        "--exclude",
+        "15",
+        "--out",
+        out,
+    )
+    assert code == 0, stderr
+    expected = pl.read_parquet(out).to_pandas()
+    pd.testing.assert_frame_equal(answered, expected, check_dtype=False, rtol=1e-5)
+
+
+def test_rest_malformed_requests_get_400_and_the_server_stays_up(served: str) -> None:
+    bad_k = _invoke(served, {"dataframe_records": [{"user_id": 1}], "params": {"k": 0}})
+    assert bad_k.status_code == 400
+    assert "k must be positive" in bad_k.json()["message"]
+    bad_mode = _invoke(
+        served, {"dataframe_records": [{"user_id": 1}], "params": {"fusion_mode": "max"}}
+    )
+    assert bad_mode.status_code == 400 and "fusion mode" in bad_mode.json()["message"]
+    wrong_type = _invoke(served, {"dataframe_records": [{"user_id": "not-a-number"}]})
+    assert 400 <= wrong_type.status_code < 500
+    assert requests.get(f"{served}/ping", timeout=5).status_code == 200
+    ok = _invoke(served, {"dataframe_records": [{"user_id": UNKNOWN_USER}], "params": {"k": 2}})
+    assert ok.status_code == 200
+    assert [r["source"] for r in ok.json()["predictions"]] == ["popularity"] * 2

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from planted import one_torch_thread
 
 from recsys_mtl.config import ModelSection, PipelineConfig, TrainingSection, config_from_dict
 from recsys_mtl.data.synthetic import generate_synthetic
@@ -218,18 +219,14 @@ def test_model_recovers_planted_structure(tmp_path: Path) -> None:
                 "learning_rate": 0.01,
                 "progress": False,
             },
-            "evaluation": {"k": [10]},
+            "evaluation": {"k": [10], "baselines": ["popularity"], "bootstrap": 0},
             "tracking": {"enabled": False},
         }
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         features = features_stage(config)
         recommender, _ = train_stage(config, features)
         metrics = evaluate_stage(config, recommender, features)
-    finally:
-        torch.set_num_threads(threads)
 
     assert metrics["test/click_auc"] > 0.7
     assert metrics["oracle/click_auc"] - metrics["test/click_auc"] < 0.06

@@ -292,3 +292,129 @@ def test_user_vectors_are_served_as_of_the_request_time(trained, some_users) -> 
 
     np.testing.assert_array_equal(recommender.user_vectors(users), at(reference))
     assert not np.allclose(at(reference + 90 * 86_400), at(reference))
+
+
+# ---------------------------------------------------------------------------- cold users
+
+
+def test_unknown_user_without_features_gets_the_most_popular_items(trained) -> None:
+    _, features, recommender = trained
+    out = recommender.recommend([10**9], k=5)
+    assert out["source"].to_list() == ["popularity"] * 5
+    # popularity = clicks in train + validation (the seen items), ties to the lower index
+    clicks = (
+        pl.concat([features.train, features.validation])
+        .filter(pl.col("click") == 1)
+        .unique(["user_id", "item_id"])
+        .group_by("item_id")
+        .len()
+    )
+    encode = recommender.transform.items.ids.encode
+    clicks = clicks.with_columns(encode(clicks["item_id"]).alias("idx")).sort(
+        ["len", "idx"], descending=[True, False]
+    )
+    assert out["item_id"].to_list() == clicks["item_id"].head(5).to_list()
+    total = clicks["len"].sum()
+    np.testing.assert_allclose(out["score"].to_numpy(), clicks["len"].head(5) / total, rtol=1e-6)
+    for column in HEAD_COLUMNS:  # each head still scores the items
+        assert np.isfinite(out[column].to_numpy()).all()
+    # exclusions apply to popularity users too
+    top = out["item_id"].head(2).to_list()
+    skipped = recommender.recommend([10**9], k=3, exclude_items=top)
+    assert skipped["item_id"].to_list() == clicks["item_id"].slice(2, 3).to_list()
+
+
+def test_unknown_user_with_side_features_is_served_from_them(trained, some_users) -> None:
+    _, _, recommender = trained
+    stranger = pl.DataFrame({"user_id": [10**9, 10**9 + 1], "segment": ["segment_0", "segment_1"]})
+    out = recommender.recommend(stranger, k=K, fusion=CLICK_ONLY)
+    assert set(out["source"].to_list()) == {"side_features"}
+    vectors = recommender.user_vectors(stranger)
+    assert not np.allclose(vectors[0], vectors[1])  # the segment reaches the vector
+    # the candidates are the index's top items for that vector
+    scores = vectors @ recommender.item_vectors().T
+    decode = recommender.transform.items.ids.decode
+    for row, user in enumerate(stranger["user_id"]):
+        best = np.argsort(-scores[row], kind="stable")[:K] + FIRST
+        assert out.filter(pl.col("user_id") == user)["item_id"].to_list() == decode(best).to_list()
+    known = recommender.recommend(some_users[:2], k=K)
+    assert set(known["source"].to_list()) == {"model"}
+
+
+# ---------------------------------------------------------------------------- exclusions
+
+
+def test_per_request_exclusions_shared_and_per_user(trained, some_users, caplog) -> None:
+    _, _, recommender = trained
+    users = some_users[:3]
+    # click-only fusion: items the exclusions bring in rank below every kept candidate
+    plain = recommender.recommend(users, k=K, fusion=CLICK_ONLY)
+    first = plain.filter(pl.col("user_id") == users[0])["item_id"].to_list()
+    second = plain.filter(pl.col("user_id") == users[1])["item_id"].to_list()
+    shared = recommender.recommend(users, k=K, fusion=CLICK_ONLY, exclude_items=[first[0], 10**9])
+    assert first[0] not in shared["item_id"].to_list()
+    assert "unknown item ids ignored" in caplog.text and str(10**9) in caplog.text
+    # the other items keep their order: the list is the plain one without the excluded
+    mine = shared.filter(pl.col("user_id") == users[0])["item_id"].to_list()
+    assert mine[: K - 1] == first[1:]
+
+    request = pl.DataFrame(
+        {"user_id": users, "exclude_items": [first[:2], second[:1], []]},
+        schema_overrides={"exclude_items": pl.List(pl.Int64)},
+    )
+    per_user = recommender.recommend(request, k=K, fusion=CLICK_ONLY)
+    assert (
+        per_user.filter(pl.col("user_id") == users[0])["item_id"].head(K - 2).to_list()
+        == (first[2:])
+    )
+    assert (
+        per_user.filter(pl.col("user_id") == users[1])["item_id"].head(K - 1).to_list()
+        == (second[1:])
+    )
+    assert_frame_equal(
+        per_user.filter(pl.col("user_id") == users[2]), plain.filter(pl.col("user_id") == users[2])
+    )
+    with pytest.raises(RecsysError, match="list of item ids per user"):
+        recommender.recommend(pl.DataFrame({"user_id": users, "exclude_items": [1, 2, 3]}), k=3)
+
+
+# ---------------------------------------------------------------------------- fusion modes
+
+
+def test_sum_fusion_orders_by_the_weighted_sum(trained, some_users) -> None:
+    _, _, recommender = trained
+    weights = {"click": 1.0, "purchase": 2.0, "rating": 0.5}
+    out = recommender.recommend(some_users, k=K, fusion=weights, fusion_mode="sum")
+    expected = out["p_click"] + 2.0 * out["p_purchase"] + 0.5 * out["rating_pred"] / 5.0
+    np.testing.assert_allclose(out["score"].to_numpy(), expected.to_numpy(), rtol=1e-5)
+    for user in some_users:
+        assert (np.diff(out.filter(pl.col("user_id") == user)["score"].to_numpy()) <= 1e-7).all()
+    product = recommender.recommend(some_users, k=K, fusion=weights)
+    assert product["item_id"].to_list() != out["item_id"].to_list()
+    with pytest.raises(RecsysError, match="fusion mode"):
+        recommender.recommend(some_users, k=K, fusion_mode="max")
+
+
+# ---------------------------------------------------------------------------- batch
+
+
+def test_batch_retrieval_to_parquet_equals_recommend(trained, tmp_path: Path) -> None:
+    _, _, recommender = trained
+    path = tmp_path / "all.parquet"
+    rows = recommender.recommend_to_parquet(path, k=4, chunk_users=7, progress=False)
+    written = pl.read_parquet(path)
+    everyone = recommender.transform.users.ids.values
+    assert rows == written.height == 4 * everyone.len()
+    assert_frame_equal(written, recommender.recommend(everyone, k=4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.parquet"]  # no temporary left
+
+
+def test_score_pairs_flags_unknown_ids(trained, some_users) -> None:
+    _, _, recommender = trained
+    known_item = recommender.transform.items.ids.values[0]
+    frame = pl.DataFrame({"user_id": [some_users[0], 10**9], "item_id": [known_item, 10**9]})
+    scored = recommender.score_pairs(frame)
+    assert scored.columns[:4] == ["user_id", "item_id", "user_known", "item_known"]
+    assert scored["user_known"].to_list() == [True, False]
+    assert scored["item_known"].to_list() == [True, False]
+    assert_frame_equal(scored.select(HEAD_COLUMNS), recommender.predict(frame))

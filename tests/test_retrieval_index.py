@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from recsys_mtl.errors import RecsysError
-from recsys_mtl.retrieval.index import ItemIndex, brute_force_topk
+from recsys_mtl.retrieval.index import (
+    ItemIndex,
+    brute_force_topk,
+    default_factory,
+    ordered_topk,
+)
+from recsys_mtl.retrieval.quality import measure_quality, recall_at_k
 
 
 def _csr(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -279,3 +285,105 @@ def test_train_seed_makes_ivf_reproducible(gaussian_case) -> None:
     other = ItemIndex.build(c["items"], "IVF16,Flat", nprobe=1, train_seed=2).search(c["users"], 10)
     np.testing.assert_array_equal(first[1], again[1])
     assert (first[1] != other[1]).any()
+
+
+# ---------------------------------------------------------------------------- index choice
+
+
+@pytest.mark.parametrize(
+    ("n_items", "factory"),
+    [(1, "Flat"), (100_000, "Flat"), (200_000, "IVF2048,Flat"), (1_000_000, "IVF4096,Flat")],
+)
+def test_default_factory_by_catalogue_size(n_items, factory) -> None:
+    # 4 sqrt(N) lists rounded to a power of two: 4 * 447 = 1789 -> 2048; 4000 -> 4096
+    assert default_factory(n_items) == factory
+
+
+def test_auto_builds_an_exact_index_for_a_small_catalogue(random_case) -> None:
+    c = random_case
+    index = ItemIndex.build(c["items"], "auto")
+    assert index.factory == "Flat" and index.search_parameter is None
+    _, ids = index.search(c["users"], 10, c["indptr"], c["excluded"])
+    _, exact = brute_force_topk(c["users"], c["items"], 10, c["indptr"], c["excluded"])
+    np.testing.assert_array_equal(ids, exact)
+
+
+def test_one_user_with_many_exclusions_does_not_change_the_others(clustered_case) -> None:
+    # User 0 excludes 1500 of 2000 items; the others exclude 2. Grouped over-fetching
+    # must give every user exactly the brute-force answer.
+    c = clustered_case
+    order = np.argsort(-(c["users"] @ c["items"].T), axis=1)
+    lists = [order[0, :1500]] + [order[q, :2] for q in range(1, 100)]
+    indptr, excluded = _csr([np.sort(x) for x in lists])
+    index = ItemIndex.build(c["items"], "Flat")
+    for chunk_size in (4096, 3):
+        scores, ids = index.search(c["users"], 10, indptr, excluded, chunk_size=chunk_size)
+        exact_scores, exact = brute_force_topk(c["users"], c["items"], 10, indptr, excluded)
+        np.testing.assert_array_equal(ids, exact)
+        np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+    np.testing.assert_array_equal(ids[0], order[0, 1500:1510])
+    np.testing.assert_array_equal(ids[1], order[1, 2:12])
+
+
+def test_search_parameter_knobs(tmp_path, gaussian_case) -> None:
+    items = gaussian_case["items"]
+    flat = ItemIndex.build(items, "Flat")
+    assert (flat.search_parameter, flat.search_value, flat.search_values()) == (None, None, [])
+    with pytest.raises(RecsysError, match="no search parameter"):
+        flat.set_search_value(4)
+    ivf = ItemIndex.build(items, "IVF16,Flat")
+    assert ivf.search_parameter == "nprobe" and ivf.search_values() == [1, 2, 4, 8, 16]
+    ivf.set_search_value(8)
+    ivf.save(tmp_path / "ivf.faiss")
+    assert ItemIndex.load(tmp_path / "ivf.faiss").search_value == 8
+    hnsw = ItemIndex.build(items, "HNSW16", ef_search=40)
+    assert (hnsw.search_parameter, hnsw.search_value) == ("efSearch", 40)
+    assert hnsw.search_values()[0] == 16
+
+
+# ---------------------------------------------------------------------------- quality report
+
+
+def test_recall_at_k_hand_computed() -> None:
+    exact = np.array([[0, 1, 2, 3], [4, 5, 6, 7]])
+    found = np.array([[3, 2, 9, -1], [4, 5, 6, 7]])
+    assert recall_at_k(found, exact) == pytest.approx((2 + 4) / 8)
+
+
+def test_quality_of_an_exact_index_is_one_point_at_recall_one(clustered_case) -> None:
+    c = clustered_case
+    report = measure_quality(ItemIndex.build(c["items"], "Flat"), c["items"], c["users"], k=20)
+    assert len(report.points) == 1 and report.chosen.recall == 1.0
+    assert report.chosen.parameter is None and report.chosen.queries_per_second > 0
+
+
+def test_quality_sweep_tunes_nprobe_to_the_target(gaussian_case) -> None:
+    # Unclustered data: recall rises with nprobe and reaches 1 with all 16 lists.
+    c = gaussian_case
+    index = ItemIndex.build(c["items"], "IVF16,Flat")
+    report = measure_quality(index, c["items"], c["users"], k=10, target_recall=0.9)
+    recalls = [p.recall for p in report.points]
+    assert [p.value for p in report.points] == [1, 2, 4, 8, 16][: len(recalls)]
+    assert recalls[0] < 0.9 and recalls == sorted(recalls)
+    assert report.chosen.recall >= 0.9
+    assert all(p.recall < 0.9 for p in report.points if p.value < report.chosen.value)
+    assert index.search_value == report.chosen.value  # the index keeps the chosen value
+    _, exact = brute_force_topk(c["users"], c["items"], 10)
+    _, found = index.search(c["users"], 10)
+    assert _recall(found, exact) == pytest.approx(report.chosen.recall, abs=1e-9)
+    assert report.metrics()["index/recall_at_10"] == report.chosen.recall
+
+
+def test_ordered_topk_equals_brute_force_on_one_shared_score(random_case) -> None:
+    # One score per item (with ties) shared by every query: a popularity ranking.
+    c = random_case
+    scores = np.random.default_rng(1).integers(0, 50, 500).astype(np.float32)
+    order = np.lexsort((np.arange(500), -scores))
+    n_queries = len(c["indptr"]) - 1
+    for k in (1, 10, 600):
+        found = ordered_topk(order, n_queries, k, c["indptr"], c["excluded"])
+        _, exact = brute_force_topk(
+            np.ones((n_queries, 1), np.float32), scores[:, None], k, c["indptr"], c["excluded"]
+        )
+        np.testing.assert_array_equal(found, exact)
+    np.testing.assert_array_equal(ordered_topk(order, 2, 3), [order[:3], order[:3]])

@@ -8,6 +8,8 @@ user's test positives that are in the catalogue.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import polars as pl
 
@@ -94,57 +96,91 @@ def interactions_csr(frame: pl.DataFrame, user_order: pl.Series) -> tuple[np.nda
     return indptr, rows["item_idx"].to_numpy().astype(np.int64)
 
 
+class RankingQueries:
+    """The full-ranking protocol on one test frame: who is ranked, as of when, what is
+    relevant and what is excluded.
+
+    Users are the test users with at least one relevant item (a click on an item in the
+    catalogue); the items they interacted with before (the bundle's seen items) are
+    excluded. Each user's request is served as of the user's first test impression (its
+    timestamp, when the frame has one): the moment the user comes back, so time features
+    such as the recency of the user's previous event are what they would be then.
+    """
+
+    def __init__(self, recommender: Recommender, test: pl.DataFrame) -> None:
+        request_times = (
+            test.group_by("user_id").agg(pl.col("timestamp").min())
+            if "timestamp" in test.columns
+            else None
+        )
+        encoded = recommender.transform.encode_pairs(test.select("user_id", "item_id", "click"))
+        self.user_ids = (
+            encoded.filter((pl.col("click") == 1) & (pl.col("item_idx") >= FIRST))
+            .get_column("user_id")
+            .unique(maintain_order=True)
+        )
+        user_idx = recommender.transform.users.ids.encode(self.user_ids).to_numpy()
+        self.seen_indptr, self.seen_items = csr_rows(
+            recommender.seen_indptr, recommender.seen_items, user_idx.astype(np.int64)
+        )
+        self.relevant_indptr, self.relevant_items = interactions_csr(encoded, self.user_ids)
+        requests = pl.DataFrame({"user_id": self.user_ids})
+        if request_times is not None:
+            requests = requests.join(request_times, on="user_id", how="left", maintain_order="left")
+        self.requests = requests
+
+    def __len__(self) -> int:
+        return self.user_ids.len()
+
+    def top_items(self, recommender: Recommender, k: int) -> np.ndarray:
+        """(U, k) item vocabulary indices, best first, by the exact click score (-1 pads)."""
+        from recsys_mtl.retrieval.index import ItemIndex
+
+        index = ItemIndex.build(recommender.item_vectors(), "Flat")
+        return self._search(index, recommender.user_vectors(self.requests), k)
+
+    def top_by_score(self, item_scores: np.ndarray, k: int) -> np.ndarray:
+        """(U, k) the highest-scoring unseen items for every user (e.g. popularity);
+        `item_scores` (n_items,) by vocabulary index; ties go to the lower index."""
+        from recsys_mtl.retrieval.index import ordered_topk
+
+        scores = np.asarray(item_scores[FIRST:], dtype=np.float64)
+        order = np.lexsort((np.arange(scores.size), -scores))
+        top = ordered_topk(order, len(self), k, self.seen_indptr, self.seen_items - FIRST)
+        return np.where(top >= 0, top + FIRST, -1)
+
+    def _search(self, index: Any, queries: np.ndarray, k: int) -> np.ndarray:
+        if len(self) == 0:
+            return np.zeros((0, k), np.int64)
+        depth = min(k, index.n_items)
+        _, top = index.search(queries, depth, self.seen_indptr, self.seen_items - FIRST)
+        top = np.where(top >= 0, top + FIRST, -1)
+        if depth < k:  # a catalogue smaller than k: pad, so every cut-off up to k exists
+            top = np.pad(top, ((0, 0), (0, k - depth)), constant_values=-1)
+        return top
+
+
 def ranking_evaluation(
     recommender: Recommender,
     test: pl.DataFrame,
     ks: list[int],
     item_popularity: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Full-ranking Recall/NDCG/HitRate@k of the click score over all known items.
-
-    Users are the test users with at least one known relevant item (a click on an item
-    in the catalogue); the items they interacted with before (the bundle's seen items)
-    are excluded. Ranking is exact (a Flat index over the item vectors), whatever index
-    the bundle serves with. With `item_popularity` (n_items - 2,) also the popularity
-    baseline under `popularity/...` keys.
-
-    Each user's request is served as of the user's first test impression (its
-    timestamp, when `test` has one): the moment the user comes back, so time features
-    such as the recency of the user's previous event are what they would be then.
-    """
-    from recsys_mtl.retrieval.index import ItemIndex
-
-    request_times = (
-        test.group_by("user_id").agg(pl.col("timestamp").min())
-        if "timestamp" in test.columns
-        else None
-    )
-    test = recommender.transform.encode_pairs(test.select("user_id", "item_id", "click"))
-    test_users = (
-        test.filter((pl.col("click") == 1) & (pl.col("item_idx") >= FIRST))
-        .get_column("user_id")
-        .unique(maintain_order=True)
-    )
-    if test_users.len() == 0:
+    """Full-ranking Recall/NDCG/HitRate/Precision/MRR@k of the click score over all
+    known items (see `RankingQueries` for the protocol; ranking is exact, a Flat index
+    over the item vectors, whatever index the bundle serves with). With
+    `item_popularity` (n_items - 2,) also the popularity baseline under `popularity/...`
+    keys."""
+    queries = RankingQueries(recommender, test)
+    if len(queries) == 0:
         return {}
-    user_idx = recommender.transform.users.ids.encode(test_users).to_numpy().astype(np.int64)
-    seen_indptr, seen_items = csr_rows(recommender.seen_indptr, recommender.seen_items, user_idx)
-    rel_indptr, rel_items = interactions_csr(test, test_users)
     k_max = max(ks)
-    requests = pl.DataFrame({"user_id": test_users})
-    if request_times is not None:
-        requests = requests.join(request_times, on="user_id", how="left", maintain_order="left")
-    user_vectors = recommender.user_vectors(requests)
-    rankers = {"": (ItemIndex.build(recommender.item_vectors(), "Flat"), user_vectors)}
+    rankers = {"": queries.top_items(recommender, k_max)}
     if item_popularity is not None:
-        rankers["popularity/"] = (
-            ItemIndex.build(item_popularity.astype(np.float32)[:, None], "Flat"),
-            np.ones((len(user_idx), 1), np.float32),
-        )
+        scores = np.concatenate([np.zeros(FIRST, np.float32), item_popularity])
+        rankers["popularity/"] = queries.top_by_score(scores, k_max)
     metrics: dict[str, float] = {}
-    for prefix, (index, queries) in rankers.items():
-        _, top = index.search(queries, k_max, seen_indptr, seen_items - FIRST)
-        top = np.where(top >= 0, top + FIRST, -1)
-        ranked = ranking_metrics(top, rel_indptr, rel_items, ks)
+    for prefix, top in rankers.items():
+        ranked = ranking_metrics(top, queries.relevant_indptr, queries.relevant_items, ks)
         metrics.update({f"{prefix}{k}": v for k, v in ranked.items()})
     return metrics

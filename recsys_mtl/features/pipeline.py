@@ -67,7 +67,18 @@ class FeatureSet:
 
     @property
     def test(self) -> pl.DataFrame:
+        if "test" not in self.splits:
+            raise RecsysError(
+                "the test split was read during training",
+                fix="model selection and early stopping use the validation split only; "
+                "read the test split in evaluation, after training",
+            )
         return self.splits["test"]
+
+    def without_test(self) -> FeatureSet:
+        """The same features with the test split withheld (what training may read)."""
+        splits = {name: frame for name, frame in self.splits.items() if name != "test"}
+        return FeatureSet(splits, self.transform, self.spec)
 
 
 def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:

@@ -22,8 +22,24 @@ from recsys_mtl.errors import RecsysError
 QUERY_CHUNK = 4096
 """Rows of user vectors searched at once, so memory stays bounded for large Q."""
 
-FACTORY_EXAMPLES = "use 'Flat', 'HNSW32', 'IVF256,Flat' or 'IVF256,PQ16'"
+FACTORY_EXAMPLES = "use 'auto', 'Flat', 'HNSW32', 'IVF256,Flat' or 'IVF256,PQ16'"
 _META_VERSION = 1
+
+EXACT_UP_TO = 100_000
+"""Catalogues up to this size get an exact ('Flat') index from `factory='auto'`."""
+
+
+def default_factory(n_items: int) -> str:
+    """The factory string 'auto' resolves to for a catalogue of `n_items` items.
+
+    Exact search up to `EXACT_UP_TO` items (a 100k x 65 scan is about a millisecond per
+    query); above it an inverted file with ~4 sqrt(N) lists (a power of two) whose
+    `nprobe` is tuned to a target recall (`retrieval.quality`).
+    """
+    if n_items <= EXACT_UP_TO:
+        return "Flat"
+    lists = 2 ** round(float(np.log2(4 * np.sqrt(n_items))))
+    return f"IVF{lists},Flat"
 
 
 class ItemIndex:
@@ -60,6 +76,64 @@ class ItemIndex:
         """The FAISS factory string the index was built from."""
         return self._factory
 
+    @property
+    def search_parameter(self) -> str | None:
+        """The knob trading speed for recall: 'nprobe' (IVF), 'efSearch' (HNSW) or None
+        (exact and PQ-only indexes)."""
+        if _ivf_of(self._index) is not None:
+            return "nprobe"
+        if _hnsw_of(self._index) is not None:
+            return "efSearch"
+        return None
+
+    @property
+    def search_value(self) -> int | None:
+        """The current value of `search_parameter` (None for exact indexes)."""
+        ivf, hnsw = _ivf_of(self._index), _hnsw_of(self._index)
+        if ivf is not None:
+            return int(ivf.nprobe)
+        if hnsw is not None:
+            return int(hnsw.hnsw.efSearch)
+        return None
+
+    def search_values(self) -> list[int]:
+        """Values of `search_parameter` worth trying, cheapest first: powers of two up to
+        the number of IVF lists (nprobe), or 16..2048 (efSearch)."""
+        ivf = _ivf_of(self._index)
+        if ivf is not None:
+            return [2**p for p in range(int(np.log2(ivf.nlist)) + 1)] + (
+                [int(ivf.nlist)] if ivf.nlist & (ivf.nlist - 1) else []
+            )
+        if _hnsw_of(self._index) is not None:
+            return [2**p for p in range(4, 12)]
+        return []
+
+    def set_search_value(self, value: int) -> None:
+        """Set `search_parameter` (nprobe or efSearch) for later searches and saves."""
+        name = self.search_parameter
+        if name is None:
+            raise RecsysError(
+                f"the {self._factory!r} index has no search parameter to set",
+                where="ItemIndex.set_search_value",
+                fix="use an IVF (nprobe) or HNSW (efSearch) factory string",
+            )
+        _set_search_params(
+            self._index,
+            self._factory,
+            nprobe=value if name == "nprobe" else None,
+            ef_search=value if name == "efSearch" else None,
+        )
+        if name == "nprobe":
+            self._nprobe = int(value)
+        else:
+            self._ef_search = int(value)
+
+    def search_unfiltered(self, user_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw FAISS search (Q, k): no exclusions, no tie rule; for quality reports."""
+        _check_k(k)
+        users = _as_vectors(user_vectors, "user_vectors", where="ItemIndex.search", dim=self.dim)
+        return self._index.search(users, min(k, self.n_items))
+
     def __repr__(self) -> str:
         return f"ItemIndex(factory={self._factory!r}, n_items={self.n_items}, dim={self.dim})"
 
@@ -86,6 +160,8 @@ class ItemIndex:
                 where="ItemIndex.build",
                 fix=FACTORY_EXAMPLES,
             )
+        if factory.strip().lower() == "auto":
+            factory = default_factory(n_items)
         try:
             index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
@@ -157,28 +233,51 @@ class ItemIndex:
         n_queries, n_items = len(users), self.n_items
         scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
         ids = np.full((n_queries, k), -1, dtype=np.int64)
-        for start in range(0, n_queries, chunk_size):
-            stop = min(start + chunk_size, n_queries)
-            rows = stop - start
-            counts = np.diff(indptr[start : stop + 1])
-            fetch = min(k + int(counts.max(initial=0)), n_items)
-            cand_scores, cand_ids = self._index.search(users[start:stop], fetch)
-            valid = cand_ids >= 0
-            if counts.any():
-                # Pair keys row * N + item mark the excluded (query, item) pairs of this chunk.
-                chunk_excluded = excluded[indptr[start] : indptr[stop]]
-                excluded_keys = np.repeat(np.arange(rows, dtype=np.int64), counts) * n_items
-                excluded_keys += chunk_excluded
-                cand_keys = np.arange(rows, dtype=np.int64)[:, None] * n_items + cand_ids
-                valid &= ~np.isin(cand_keys, excluded_keys)
-            # lexsort: last key is primary -> valid first, score descending, lower id.
-            order = np.lexsort((cand_ids, -cand_scores, ~valid), axis=-1)[:, :k]
-            top_valid = np.take_along_axis(valid, order, axis=1)
-            top_ids = np.take_along_axis(cand_ids, order, axis=1)
-            top_scores = np.take_along_axis(cand_scores, order, axis=1)
-            width = order.shape[1]
-            ids[start:stop, :width] = np.where(top_valid, top_ids, -1)
-            scores[start:stop, :width] = np.where(top_valid, top_scores, -np.inf)
+        # Over-fetch k + (the query's exclusions), rounded up to a power of two, so the
+        # k best allowed items are always among the fetched ones. Queries are grouped by
+        # that size: one user with 10k seen items does not make the others fetch 10k.
+        counts = np.diff(indptr)
+        fetch_sizes = np.minimum(2 ** np.ceil(np.log2(k + counts)).astype(np.int64), n_items)
+        for fetch in np.unique(fetch_sizes):
+            group = np.flatnonzero(fetch_sizes == fetch)
+            for start in range(0, len(group), chunk_size):
+                rows = group[start : start + chunk_size]
+                sub_indptr, sub_excluded = csr_rows(indptr, excluded, rows)
+                row_scores, row_ids = self._search_excluding(
+                    users[rows], k, int(fetch), sub_indptr, sub_excluded
+                )
+                scores[rows], ids[rows] = row_scores, row_ids
+        return scores, ids
+
+    def _search_excluding(
+        self,
+        users: np.ndarray,
+        k: int,
+        fetch: int,
+        indptr: np.ndarray,
+        excluded: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fetch `fetch` candidates per query, drop the excluded, keep the best k."""
+        rows, n_items = len(users), self.n_items
+        scores = np.full((rows, k), -np.inf, dtype=np.float32)
+        ids = np.full((rows, k), -1, dtype=np.int64)
+        cand_scores, cand_ids = self._index.search(users, fetch)
+        valid = cand_ids >= 0
+        counts = np.diff(indptr)
+        if counts.any():
+            # Pair keys row * N + item mark the excluded (query, item) pairs.
+            excluded_keys = np.repeat(np.arange(rows, dtype=np.int64), counts) * n_items
+            excluded_keys += excluded
+            cand_keys = np.arange(rows, dtype=np.int64)[:, None] * n_items + cand_ids
+            valid &= ~np.isin(cand_keys, excluded_keys)
+        # lexsort: last key is primary -> valid first, score descending, lower id.
+        order = np.lexsort((cand_ids, -cand_scores, ~valid), axis=-1)[:, :k]
+        top_valid = np.take_along_axis(valid, order, axis=1)
+        width = order.shape[1]
+        ids[:, :width] = np.where(top_valid, np.take_along_axis(cand_ids, order, axis=1), -1)
+        scores[:, :width] = np.where(
+            top_valid, np.take_along_axis(cand_scores, order, axis=1), -np.inf
+        )
         return scores, ids
 
     def save(self, path: Path | str) -> None:
@@ -250,6 +349,55 @@ class ItemIndex:
             )
         _set_search_params(index, factory, nprobe=nprobe, ef_search=ef_search)
         return cls(index, factory, nprobe=nprobe, ef_search=ef_search)
+
+
+def csr_rows(
+    indptr: np.ndarray, items: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gather rows of a CSR list (vectorised): returns the sub-matrix's (indptr, items)."""
+    starts, ends = indptr[rows], indptr[rows + 1]
+    lengths = ends - starts
+    sub_indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    offsets = np.arange(sub_indptr[-1]) - np.repeat(sub_indptr[:-1], lengths)
+    return sub_indptr, items[np.repeat(starts, lengths) + offsets]
+
+
+def ordered_topk(
+    order: np.ndarray,
+    n_queries: int,
+    k: int,
+    exclude_indptr: np.ndarray | None = None,
+    exclude_items: np.ndarray | None = None,
+) -> np.ndarray:
+    """Top-k item rows (Q, k) of one ranking shared by every query (`order`: item rows,
+    best first, e.g. by popularity) minus each query's excluded items (CSR); -1 pads.
+
+    Each query only looks at the first k + (its exclusions) entries of `order`, so the
+    cost is O(Q (k + exclusions)), not a scan of the catalogue per query."""
+    _check_k(k)
+    order = np.asarray(order, dtype=np.int64)
+    n_items = int(order.max(initial=-1)) + 1
+    indptr, excluded = _check_exclusions(
+        exclude_indptr, exclude_items, n_queries, max(n_items, 1), where="ordered_topk"
+    )
+    out = np.full((n_queries, k), -1, dtype=np.int64)
+    counts = np.diff(indptr)
+    fetch_sizes = np.minimum(2 ** np.ceil(np.log2(k + counts)).astype(np.int64), order.size)
+    for fetch in np.unique(fetch_sizes):
+        group = np.flatnonzero(fetch_sizes == fetch)
+        for start in range(0, len(group), QUERY_CHUNK):
+            rows = group[start : start + QUERY_CHUNK]
+            sub_indptr, sub_excluded = csr_rows(indptr, excluded, rows)
+            candidates = np.broadcast_to(order[:fetch], (len(rows), int(fetch)))
+            keys = np.arange(len(rows), dtype=np.int64)[:, None] * n_items + candidates
+            banned = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(sub_indptr))
+            valid = ~np.isin(keys, banned * n_items + sub_excluded)
+            # A stable sort on "not allowed" keeps the shared order among allowed items.
+            position = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+            kept = np.take_along_axis(valid, position, axis=1)
+            width = position.shape[1]
+            out[rows, :width] = np.where(kept, np.take_along_axis(candidates, position, 1), -1)
+    return out
 
 
 def brute_force_topk(
@@ -391,6 +539,11 @@ def _ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
         return faiss.extract_index_ivf(index)
     except RuntimeError:
         return None
+
+
+def _hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
+    downcast = faiss.downcast_index(index)
+    return downcast if isinstance(downcast, faiss.IndexHNSW) else None
 
 
 def _prepare_training(index: faiss.Index, seed: int) -> None:

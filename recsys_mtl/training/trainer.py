@@ -46,6 +46,7 @@ class TrainingResult:
     relations: dict[int, list[list[float]]] = field(default_factory=dict)
     gates: dict[int, dict[str, Any]] = field(default_factory=dict)
     steps: list[dict[str, float]] = field(default_factory=list)
+    task_epochs: dict[str, int] = field(default_factory=dict)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -68,10 +69,17 @@ class Trainer:
         checkpoint_dir: Path | None = None,
         item_log_frequency: torch.Tensor | None = None,
         ranking_probe: RankingProbe | None = None,
+        task_monitors: dict[str, str] | None = None,
     ) -> None:
         """`item_log_frequency` (n_items,): log click frequency of each item in training,
         the correction of the in-batch retrieval loss (`training.retrieval_loss_weight`);
-        `ranking_probe` adds val/recall@k, val/ndcg@k and val/hitrate@k to validation."""
+        `ranking_probe` adds val/recall@k, val/ndcg@k and val/hitrate@k to validation.
+
+        `task_monitors` (task -> validation metric) selects an epoch per task as well:
+        the averaged weights at each task's best epoch are kept in `task_states`, and
+        training stops only when every task has stopped improving. With towers that
+        share nothing (`model.sharing = 'none'`) that is one single-task model per task,
+        each early-stopped on its own metric, for the price of one training run."""
         self.model = model
         self.tasks = tasks
         self.weighting = weighting
@@ -94,6 +102,8 @@ class Trainer:
         self.steps: list[dict[str, float]] = []
         self.relations: dict[int, list[list[float]]] = {}
         self.gates: dict[int, dict[str, Any]] = {}
+        self.task_monitors = task_monitors or {}
+        self.task_states: dict[str, dict[str, torch.Tensor]] = {}
 
     def train_epoch(self, data: TensorData, epoch: int) -> dict[str, float]:
         """One pass over shuffled `data`; returns train/<task>_loss, weight/<task>,
@@ -233,14 +243,17 @@ class Trainer:
         self._prepare()
         start = time.perf_counter()
         best_state, best_score, best_epoch, stale = None, None, 0, 0
+        task_best: dict[str, float] = {}
+        task_epochs: dict[str, int] = {}
         history = []
         for epoch in range(1, self.cfg.epochs + 1):
             metrics = self.train_epoch(train, epoch)
             with self._averaged():
                 metrics.update(self.validate(validation))
-            if self.cfg.monitor not in metrics:
-                known = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
-                raise ValueError(f"training.monitor '{self.cfg.monitor}' is not one of: {known}")
+            for monitor in [self.cfg.monitor, *self.task_monitors.values()]:
+                if monitor not in metrics:
+                    known = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
+                    raise ValueError(f"training.monitor '{monitor}' is not one of: {known}")
             score = metrics[self.cfg.monitor]
             history.append({"epoch": epoch, **metrics})
             self.tracker.log_metrics(metrics, step=epoch)
@@ -251,11 +264,19 @@ class Trainer:
                 best_score, best_epoch, stale = score, epoch, 0
             else:
                 stale += 1
+            for task, monitor in self.task_monitors.items():
+                if task not in task_best or metric_is_better(
+                    monitor, metrics[monitor], task_best[task]
+                ):
+                    task_best[task], task_epochs[task] = metrics[monitor], epoch
+                    with self._averaged():
+                        self.task_states[task] = copy.deepcopy(self.model.state_dict())
             self._checkpoint("last.pt", epoch)
             if self.cfg.progress:
                 shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/")}
                 tqdm.write(f"epoch {epoch}: {shown}")
-            if stale >= self.cfg.patience:
+            stale_tasks = [epoch - e >= self.cfg.patience for e in task_epochs.values()]
+            if stale >= self.cfg.patience and all(stale_tasks):
                 break
         if best_state is not None:
             self.model.load_state_dict(best_state)
@@ -268,6 +289,7 @@ class Trainer:
             self.relations,
             self.gates,
             self.steps,
+            task_epochs,
         )
 
     def _prepare(self) -> None:
@@ -288,14 +310,21 @@ class Trainer:
     def refit(self, data: TensorData, selected: TrainingResult) -> TrainingResult:
         """Train this (fresh) model on `data` for `selected.best_epoch` epochs, with no
         validation; returns `selected`'s record with this run's time, relations and
-        gates."""
+        gates. With per-task epochs (`selected.task_epochs`) it trains until the last of
+        them and keeps the weights at each in `task_states`."""
         self._prepare()
         start = time.perf_counter()
-        for epoch in range(1, selected.best_epoch + 1):
+        epochs = max([selected.best_epoch, *selected.task_epochs.values()])
+        for epoch in range(1, epochs + 1):
             metrics = self.train_epoch(data, epoch)
             self.tracker.log_metrics({f"refit/{k}": v for k, v in metrics.items()}, step=epoch)
-        if self.average is not None:
-            self.average.copy_to(self.model)
+            for task in [t for t, e in selected.task_epochs.items() if e == epoch]:
+                with self._averaged():
+                    self.task_states[task] = copy.deepcopy(self.model.state_dict())
+            if epoch == selected.best_epoch:
+                with self._averaged():
+                    best_state = copy.deepcopy(self.model.state_dict())
+        self.model.load_state_dict(best_state)
         self._checkpoint("refit.pt", selected.best_epoch)
         return TrainingResult(
             selected.best_epoch,
@@ -306,6 +335,7 @@ class Trainer:
             self.relations,
             self.gates,
             self.steps,
+            selected.task_epochs,
         )
 
     def _checkpoint(self, name: str, epoch: int) -> None:
