@@ -2,10 +2,11 @@
 queries through the Python API and over REST.
 
 Part 1 (index): 1M item vectors and 10k query vectors, 64-dim, inner product. Exact
-search (Flat) is the reference; IVF (the 'auto' choice at this size) and HNSW are swept
-over nprobe / efSearch, reporting recall@100 against exact search and batched queries
-per second. The vectors are synthetic with the shape of learned embeddings: 1024 topic
-centres with a decaying spectrum, items and users scattered around them (pass
+search (Flat) is the reference; IVF with 8-bit vectors (the 'auto' choice at this
+size), IVF with float vectors and HNSW are swept over nprobe / efSearch, reporting
+recall@100 against exact search and batched queries per second. The vectors are
+synthetic with the shape of learned embeddings: 1024 topic centres with a decaying
+spectrum, items and users scattered around them (pass
 `--vectors items.npy --queries users.npy` to measure your own).
 
 Part 2 (single users): the ML-100K bundle (`make movielens-100k` builds it) answers
@@ -65,6 +66,8 @@ def index_part(args: argparse.Namespace) -> dict:
     else:
         items, queries = synthetic_vectors(args.items, args.queries_n, args.dim)
     factories = [default_factory(len(items))]
+    if not args.skip_flat_ivf:
+        factories.append(factories[0].replace(",SQ8", ",Flat"))
     if not args.skip_hnsw:
         factories.append("HNSW32")
     if args.pq:
@@ -215,6 +218,7 @@ def main() -> None:
     parser.add_argument("--vectors", help="item vectors (.npy, (N, D) float)")
     parser.add_argument("--queries", help="query vectors (.npy, (Q, D) float)")
     parser.add_argument("--skip-hnsw", action="store_true")
+    parser.add_argument("--skip-flat-ivf", action="store_true", help="skip IVF without SQ8")
     parser.add_argument("--pq", default="", help="also an IVF-PQ factory, e.g. IVF4096,PQ32")
     parser.add_argument("--skip-rest", action="store_true")
     parser.add_argument("--requests", type=int, default=1000)

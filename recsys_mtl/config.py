@@ -375,7 +375,8 @@ DEFAULT_FUSION = {"click": 1.0, "purchase": 1.0, "rating": 0.0}
 class RetrievalSection:
     index: str = _doc(
         "FAISS index factory string: 'Flat' (exact), 'HNSW32', 'IVF1024,Flat', "
-        "'IVF1024,PQ16'; 'auto' is exact up to 100k items, else IVF with ~4 sqrt(N) lists.",
+        "'IVF1024,SQ8', 'IVF1024,PQ16'; 'auto' is exact up to 100k items, else 8-bit IVF with "
+        "~4 sqrt(N) lists.",
         "auto",
     )
     nprobe: int = _doc(

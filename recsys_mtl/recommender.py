@@ -27,15 +27,20 @@ import polars as pl
 import torch
 
 from recsys_mtl.atomic import atomic_path
-from recsys_mtl.config import ModelSection, RetrievalSection
+from recsys_mtl.config import ModelSection, RetrievalSection, TaskConfig
 from recsys_mtl.data.schema import to_polars
 from recsys_mtl.errors import RecsysError
 from recsys_mtl.features.pipeline import replace_folder
 from recsys_mtl.features.transform import FeatureTransform
 from recsys_mtl.features.vocab import FIRST, UNKNOWN
 from recsys_mtl.model.embeddings import RowInputs, SideInputs
-from recsys_mtl.model.multitask import MultiTaskModel, model_from_metadata, model_metadata
-from recsys_mtl.retrieval.fusion import check_fusion, fuse, fused_score, head_score_column
+from recsys_mtl.model.multitask import (
+    MultiTaskModel,
+    model_from_metadata,
+    model_metadata,
+    output_column,
+)
+from recsys_mtl.retrieval.fusion import check_fusion, fuse, fused_score
 from recsys_mtl.retrieval.index import ItemIndex, csr_rows, ordered_topk
 from recsys_mtl.training.tensors import row_inputs
 
@@ -511,8 +516,7 @@ class Recommender:
             ).items()
         }
         head_scores = {
-            name: self._head_score(name, task.kind, predictions)
-            for name, task in model.tasks.items()
+            name: self._head_score(name, task, predictions) for name, task in model.tasks.items()
         }
         key = fuse(head_scores, weights, mode)
         score = fused_score(key, mode)
@@ -540,12 +544,12 @@ class Recommender:
         return pl.DataFrame(out)
 
     def _head_score(
-        self, name: str, kind: str, predictions: dict[str, torch.Tensor]
+        self, name: str, task: TaskConfig, predictions: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """A head's fusion score: p_<task>, or the prediction / regression_max (about
         [0, 1]; not clipped, so predictions past the scale keep their order)."""
-        value = predictions[head_score_column(name, kind)]
-        return value if kind == "binary" else value / self.retrieval.regression_max
+        value = predictions[output_column(name, task)]
+        return value if task.kind == "binary" else value / self.retrieval.regression_max
 
     def _user_inputs(self, requests: pl.DataFrame, where: str) -> tuple[SideInputs, np.ndarray]:
         """The users' model inputs and where their candidates come from (an index into

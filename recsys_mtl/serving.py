@@ -100,8 +100,9 @@ def _mlflow_type(dtype: pl.DataType) -> Any:
 
 
 def _signature(bundle_dir: Path) -> Any:
-    """Input columns (ids in the vocabularies' types, optional request columns) and the
-    per-request params with the bundle's retrieval settings as defaults."""
+    """Input columns (ids in the vocabularies' types, optional request columns), the
+    retrieval answer's columns, and the per-request params with the bundle's retrieval
+    settings as defaults."""
     from mlflow.models import ModelSignature
     from mlflow.types import DataType
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
@@ -134,12 +135,36 @@ def _signature(bundle_dir: Path) -> Any:
         ParamSpec("exclude_seen", DataType.boolean, True),
         ParamSpec("exclude_items", item_type, [], shape=(-1,)),
     ]
+    outputs = Schema(
+        [
+            ColSpec(user_type, "user_id"),
+            ColSpec(DataType.integer, "rank"),
+            ColSpec(item_type, "item_id"),
+            ColSpec(DataType.float, "score"),
+            ColSpec(DataType.string, "source"),
+            *[ColSpec(DataType.float, name) for name in prediction_columns(metadata["tasks"])],
+        ]
+    )
     fusion = retrieval.get("fusion", {})
     params += [
         ParamSpec(f"{WEIGHT_PREFIX}{task}", DataType.double, float(fusion.get(task, 0.0)))
         for task in metadata["tasks"]
     ]
-    return ModelSignature(inputs=Schema(columns), params=ParamSchema(params))
+    return ModelSignature(inputs=Schema(columns), outputs=outputs, params=ParamSchema(params))
+
+
+def prediction_columns(tasks: dict[str, dict[str, Any]]) -> list[str]:
+    """The heads' prediction columns, in the model's order, from the bundle's task specs."""
+    from recsys_mtl.config import TaskConfig
+    from recsys_mtl.model.multitask import conditional_column, output_column, task_order
+
+    specs = {name: TaskConfig(**spec) for name, spec in tasks.items()}
+    columns = []
+    for name in task_order(specs):
+        columns.append(output_column(name, specs[name]))
+        if specs[name].depends_on:
+            columns.append(conditional_column(name, specs[name]))
+    return columns
 
 
 def _input_example(bundle_dir: Path) -> pd.DataFrame | None:

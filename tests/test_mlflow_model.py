@@ -157,6 +157,18 @@ def test_signature_has_the_request_columns_and_params(pyfunc: Any) -> None:
     assert params["fusion_mode"].default == "product"
     assert (params["weight_click"].default, params["weight_rating"].default) == (1.0, 0.0)
     assert params["exclude_items"].shape == (-1,)
+    outputs = [spec.name for spec in pyfunc.metadata.get_output_schema().inputs]
+    assert outputs == [
+        "user_id",
+        "rank",
+        "item_id",
+        "score",
+        "source",
+        "p_click",
+        "p_purchase",
+        "p_purchase_given_click",
+        "rating_pred",
+    ]
     assert "python_function" in pyfunc.metadata.flavors
 
 

@@ -3,6 +3,8 @@ re-ranking, unknown ids, persistence with integrity checks, and predict()."""
 
 from __future__ import annotations
 
+import copy
+import json
 import shutil
 from pathlib import Path
 
@@ -418,3 +420,31 @@ def test_score_pairs_flags_unknown_ids(trained, some_users) -> None:
     assert scored["user_known"].to_list() == [True, False]
     assert scored["item_known"].to_list() == [True, False]
     assert_frame_equal(scored.select(HEAD_COLUMNS), recommender.predict(frame))
+
+
+# ---------------------------------------------------------------------------- index stage
+
+
+def test_index_stage_tunes_nprobe_and_writes_the_quality_report(trained, tmp_path: Path) -> None:
+    config, _, recommender = trained
+    tuned = copy.deepcopy(config)
+    tuned.pipeline.output_dir = str(tmp_path / "run")
+    tuned.retrieval.index = "IVF8,Flat"
+    tuned.retrieval.quality_k = 10
+    tuned.retrieval.target_recall = 0.9
+    bundle = Recommender.load(Paths(config.output_path).model)
+    index_stage(tuned, bundle)
+    report = json.loads((tmp_path / "run" / "index" / "quality.json").read_text())
+    assert (tmp_path / "run" / "index" / "recall_vs_speed.png").stat().st_size > 0
+    chosen = report["chosen"]
+    assert report["factory"] == "IVF8,Flat" and chosen["parameter"] == "nprobe"
+    assert chosen["recall"] >= 0.9
+    assert all(p["recall"] < 0.9 for p in report["points"] if p["value"] < chosen["value"])
+    # the saved bundle searches with the chosen nprobe
+    saved = Recommender.load(tmp_path / "run" / "model")
+    assert saved.index.factory == "IVF8,Flat" and saved.index.search_value == chosen["value"]
+    # a configured nprobe wins over tuning
+    tuned.retrieval.nprobe = 8
+    index_stage(tuned, bundle)
+    assert Recommender.load(tmp_path / "run" / "model").index.search_value == 8
+    assert recommender.index.factory == "Flat"  # the fixture's bundle is untouched

@@ -292,7 +292,7 @@ def test_train_seed_makes_ivf_reproducible(gaussian_case) -> None:
 
 @pytest.mark.parametrize(
     ("n_items", "factory"),
-    [(1, "Flat"), (100_000, "Flat"), (200_000, "IVF2048,Flat"), (1_000_000, "IVF4096,Flat")],
+    [(1, "Flat"), (100_000, "Flat"), (200_000, "IVF2048,SQ8"), (1_000_000, "IVF4096,SQ8")],
 )
 def test_default_factory_by_catalogue_size(n_items, factory) -> None:
     # 4 sqrt(N) lists rounded to a power of two: 4 * 447 = 1789 -> 2048; 4000 -> 4096

@@ -21,11 +21,6 @@ FUSION_MODES = ("product", "sum")
 _FLOOR = 1e-12
 
 
-def head_score_column(task: str, kind: str) -> str:
-    """The prediction column a task contributes to fusion: p_<task> or <task>_pred."""
-    return f"p_{task}" if kind == "binary" else f"{task}_pred"
-
-
 def check_fusion(
     weights: Mapping[str, float], mode: str, task_kinds: Mapping[str, str], where: str
 ) -> dict[str, float]:

@@ -18,7 +18,9 @@ from recsys_mtl.errors import RecsysError
 from recsys_mtl.retrieval.index import ItemIndex
 
 NEAR_EXACT = 0.999
-"""The sweep stops once recall reaches this (and the target)."""
+"""The sweep stops once recall reaches this, or reaches the target and gains less than
+FLAT_GAIN from the previous value."""
+FLAT_GAIN = 0.001
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,10 @@ def measure_quality(
                 1000 * seconds / len(queries),
             )
         )
-        if points[-1].recall >= max(target_recall, NEAR_EXACT):
-            break  # the rest of the curve is flat
+        recall = points[-1].recall
+        flat = len(points) > 1 and recall - points[-2].recall < FLAT_GAIN
+        if recall >= NEAR_EXACT or (recall >= target_recall and flat):
+            break  # the rest of the curve is flat (quantised codes cap recall below 1)
     reaching = [p for p in points if p.recall >= target_recall]
     chosen = reaching[0] if reaching else max(points, key=lambda p: p.recall)
     if chosen.value is not None:
