@@ -627,7 +627,7 @@ class Recommender:
                     where=str(folder),
                     fix="retrain or re-download the model",
                 )
-        metadata = json.loads((folder / "model.json").read_text())
+        metadata = read_bundle_metadata(folder)
         transform = FeatureTransform.load(folder / "transform")
         model = model_from_metadata(transform, metadata)
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
