@@ -630,7 +630,15 @@ class Recommender:
         metadata = read_bundle_metadata(folder)
         transform = FeatureTransform.load(folder / "transform")
         model = model_from_metadata(transform, metadata)
-        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+        try:
+            model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+        except RuntimeError as exc:  # parameter names or shapes of another version
+            raise RecsysError(
+                f"the model weights do not fit this version's architecture: "
+                f"{str(exc).splitlines()[0]}",
+                where=str(folder),
+                fix="retrain the model with this version of recsys-mtl",
+            ) from None
         seen = np.load(folder / "seen.npz", allow_pickle=False)
         index = (
             ItemIndex.load(folder / "index.faiss") if (folder / "index.faiss").is_file() else None

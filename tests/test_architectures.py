@@ -344,3 +344,21 @@ def test_pointwise_given_click_auc_uses_the_conditional_probability(small) -> No
         len(pos) * len(neg)
     )
     assert metrics["purchase_auc_given_click"] == pytest.approx(hand)
+
+
+def test_parallel_experts_equal_separate_mlps() -> None:
+    """The batched experts compute exactly what E separate Linear+ReLU stacks compute."""
+    from recsys_mtl.model.experts import ParallelExperts
+
+    torch.manual_seed(3)
+    experts = ParallelExperts(in_dim=6, widths=[5, 4], n_experts=3, dropout=0.0)
+    x = torch.randn(7, 6)
+    out = experts(x)
+    assert out.shape == (7, 3, 4)
+    for e in range(3):
+        hidden = x
+        for weight, bias in zip(experts.weights, experts.biases, strict=True):
+            hidden = torch.relu(hidden @ weight[e] + bias[e, 0])
+        torch.testing.assert_close(out[:, e], hidden)
+    out.sum().backward()
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in experts.weights)

@@ -7,6 +7,8 @@ stays an inner product of a user vector and an item vector.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -45,6 +47,39 @@ def _mix(gate_logits: torch.Tensor, expert_outputs: torch.Tensor) -> tuple[torch
     return torch.einsum("be,beh->bh", weights, expert_outputs), weights
 
 
+class ParallelExperts(nn.Module):
+    """E expert MLPs of the same widths applied to one input as batched matrix products:
+    the first layer is a single (D, E*H) product, later layers one batched product over
+    the experts. Equal to E separate `mlp`s (same initialisation law as nn.Linear), with a
+    handful of kernels per layer instead of E."""
+
+    def __init__(self, in_dim: int, widths: list[int], n_experts: int, dropout: float) -> None:
+        super().__init__()
+        self.n_experts = n_experts
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        dims = [in_dim, *widths]
+        for fan_in, fan_out in itertools.pairwise(dims):
+            bound = 1.0 / fan_in**0.5
+            self.weights.append(nn.Parameter(torch.empty(n_experts, fan_in, fan_out)))
+            self.biases.append(nn.Parameter(torch.empty(n_experts, 1, fan_out)))
+            nn.init.uniform_(self.weights[-1], -bound, bound)
+            nn.init.uniform_(self.biases[-1], -bound, bound)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, E, H)."""
+        first_w, first_b = self.weights[0], self.biases[0]
+        n_experts, fan_in, fan_out = first_w.shape
+        # (B, D) @ (D, E*H): all experts' first layers in one product.
+        flat = first_w.permute(1, 0, 2).reshape(fan_in, n_experts * fan_out)
+        hidden = (x @ flat).view(-1, n_experts, fan_out).transpose(0, 1) + first_b  # (E,B,H)
+        hidden = self.dropout(torch.relu(hidden))
+        for weight, bias in zip(self.weights[1:], self.biases[1:], strict=True):
+            hidden = self.dropout(torch.relu(torch.baddbmm(bias, hidden, weight)))
+        return hidden.transpose(0, 1)
+
+
 def _require_layers(cfg: ModelSection) -> None:
     if not cfg.hidden_dims:
         raise RecsysError(
@@ -60,21 +95,20 @@ class MMoE(SideBlock):
     def __init__(self, in_dim: int, groups: list[list[str]], cfg: ModelSection) -> None:
         super().__init__(in_dim, groups, cfg)
         _require_layers(cfg)
-        self.experts = nn.ModuleList(
-            mlp(in_dim, cfg.hidden_dims, cfg.dropout) for _ in range(cfg.experts)
-        )
-        self.gates = nn.ModuleList(nn.Linear(in_dim, cfg.experts) for _ in groups)
+        self.experts = ParallelExperts(in_dim, cfg.hidden_dims, cfg.experts, cfg.dropout)
+        # every group's gate in one product: (B, D) -> (B, G * E)
+        self.gates = nn.Linear(in_dim, len(groups) * cfg.experts)
         self.meter = GateMeter()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        expert_outputs = torch.stack([expert(x) for expert in self.experts], dim=1)  # (B,E,H)
-        outputs = []
-        for g, gate in enumerate(self.gates):
-            mixed, weights = _mix(gate(x), expert_outputs)
-            if self.training:
-                self.meter.add(str(g), weights)
-            outputs.append(mixed)
-        return outputs
+        expert_outputs = self.experts(x)  # (B, E, H)
+        n_groups, n_experts = len(self.groups), self.experts.n_experts
+        weights = torch.softmax(self.gates(x).view(-1, n_groups, n_experts), dim=-1)  # (B,G,E)
+        mixed = torch.einsum("bge,beh->bgh", weights, expert_outputs)
+        if self.training:
+            for g in range(n_groups):
+                self.meter.add(str(g), weights[:, g])
+        return list(mixed.unbind(1))
 
     def gate_utilisation(self) -> GateStats:
         """rows = task groups, columns = experts."""
@@ -84,7 +118,7 @@ class MMoE(SideBlock):
         return {
             "gates": {
                 "rows": [group_label(group) for group in self.groups],
-                "columns": [f"expert{e}" for e in range(len(self.experts))],
+                "columns": [f"expert{e}" for e in range(self.experts.n_experts)],
                 "matrix": torch.stack(means).tolist(),  # type: ignore[arg-type]
             }
         }
