@@ -293,6 +293,12 @@ class TrainingSection:
     batch_size: int = _doc("Rows per batch.", 1024)
     learning_rate: float = _doc("Adam learning rate.", 3e-3)
     weight_decay: float = _doc("L2 penalty on embeddings and weights (Adam weight_decay).", 1e-4)
+    sparse_embedding_rows: int = _doc(
+        "Embedding tables with at least this many rows get sparse gradients and a row-wise "
+        "Adam (SparseAdam: only the batch's rows are updated; no weight decay, no "
+        "parameter averaging for them); 0 keeps every table dense.",
+        100_000,
+    )
     patience: int = _doc("Stop after this many epochs without improvement on `monitor`.", 3)
     monitor: str = _doc(
         "Validation metric for early stopping and model selection, e.g. 'val/click_auc'.",

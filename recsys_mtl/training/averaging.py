@@ -20,13 +20,18 @@ class ParameterAverage:
     d = min(decay, (1 + t) / (10 + t)) at step t so early averages are not dominated by
     the initial weights."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, skip: set[str] | None = None) -> None:
+        """`skip`: parameter names left out (large sparse tables: averaging them would
+        touch every row every step; they are used as trained)."""
         if not 0.0 < decay < 1.0:
             raise ValueError(f"averaging decay must lie in (0, 1), got {decay}")
         self.decay = decay
         self.steps = 0
+        skip = skip or set()
         self.shadow = {
-            name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad
+            name: p.detach().clone()
+            for name, p in model.named_parameters()
+            if p.requires_grad and name not in skip
         }
 
     @torch.no_grad()

@@ -25,6 +25,7 @@ from recsys_mtl.objectives.losses import in_batch_softmax_loss, task_losses
 from recsys_mtl.objectives.weighting import WeightingStrategy
 from recsys_mtl.tracking import NoopTracker, Tracker
 from recsys_mtl.training.averaging import ParameterAverage
+from recsys_mtl.training.optimizers import build_optimizers
 from recsys_mtl.training.ranking_probe import RankingProbe
 from recsys_mtl.training.relations import task_gradient_cosines
 from recsys_mtl.training.tensors import TensorData, predict_arrays
@@ -87,11 +88,12 @@ class Trainer:
         self.seed = seed
         self.tracker = tracker or NoopTracker()
         self.checkpoint_dir = checkpoint_dir
-        groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
-        if weighting.parameters():  # learnable task weights: no weight decay
-            groups.append({"params": weighting.parameters(), "weight_decay": 0.0})
-        self.optimizer = torch.optim.Adam(
-            groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        self.optimizer, self.sparse_tables = build_optimizers(
+            model,
+            weighting.parameters(),
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            sparse_rows=cfg.sparse_embedding_rows,
         )
         self.item_log_frequency = item_log_frequency
         self.ranking_probe = ranking_probe
@@ -301,7 +303,9 @@ class Trainer:
         torch.set_flush_denormal(True)
         torch.manual_seed(self.seed)
         decay = self.cfg.average_decay
-        self.average = ParameterAverage(self.model, decay) if decay else None
+        self.average = (
+            ParameterAverage(self.model, decay, skip=set(self.sparse_tables)) if decay else None
+        )
 
     def _averaged(self) -> AbstractContextManager[None]:
         """Inside: the model carries its averaged parameters (when averaging is on)."""
