@@ -23,6 +23,8 @@ from recsys_mtl.errors import RecsysError
 
 BUNDLE_ARTIFACT = "bundle"
 WEIGHT_PREFIX = "weight_"
+MODEL_CODE = Path(__file__).with_name("serving_entry.py")
+"""Logged as the model's code (MLflow "models from code"): nothing is pickled."""
 
 
 class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
@@ -183,7 +185,7 @@ def log_pyfunc_model(
     """Log the bundle as a pyfunc model in the active run; returns the model URI."""
     info = mlflow.pyfunc.log_model(
         name=name,
-        python_model=RecommenderPyfunc(),
+        python_model=str(MODEL_CODE),
         artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
         signature=_signature(bundle_dir),
         input_example=_input_example(bundle_dir),
@@ -197,7 +199,7 @@ def save_pyfunc_model(bundle_dir: Path, path: Path) -> Path:
     `mlflow models serve -m PATH --env-manager local` serves it."""
     mlflow.pyfunc.save_model(
         path=str(path),
-        python_model=RecommenderPyfunc(),
+        python_model=str(MODEL_CODE),
         artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
         signature=_signature(bundle_dir),
         input_example=_input_example(bundle_dir),

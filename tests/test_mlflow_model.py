@@ -361,3 +361,9 @@ def test_rest_malformed_requests_get_400_and_the_server_stays_up(served: str) ->
     ok = _invoke(served, {"dataframe_records": [{"user_id": UNKNOWN_USER}], "params": {"k": 2}})
     assert ok.status_code == 200
     assert [r["source"] for r in ok.json()["predictions"]] == ["popularity"] * 2
+
+
+def test_the_logged_model_is_code_not_a_pickle(logged: Logged) -> None:
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
+    assert not list(local.rglob("*.pkl")), "the pyfunc model must not be pickled"
+    assert (local / "serving_entry.py").is_file() or list(local.rglob("serving_entry.py"))
