@@ -233,9 +233,9 @@ def index_stage(
     second, a recall-versus-speed plot) next to the model and save the bundle."""
     tracker = tracker or NoopTracker()
     retrieval = config.retrieval
+    recommender.retrieval = retrieval
     index = recommender.build_index(retrieval.index)
-    configured = {"nprobe": retrieval.nprobe, "efSearch": retrieval.ef_search}
-    fixed = configured.get(index.search_parameter or "", 0)
+    fixed = recommender.configured_search_value()
     n_users = recommender.transform.users.ids.size - FIRST
     rng = np.random.default_rng(config.pipeline.seed)
     sample = rng.choice(n_users, size=min(retrieval.quality_queries, n_users), replace=False)

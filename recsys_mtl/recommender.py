@@ -150,12 +150,17 @@ class Recommender:
         """Index the item vectors with `factory` (default `retrieval.index`; 'auto' picks
         by catalogue size) and the configured nprobe / efSearch where they apply."""
         index = ItemIndex.build(self.item_vectors(), factory or self.retrieval.index)
-        configured = {"nprobe": self.retrieval.nprobe, "efSearch": self.retrieval.ef_search}
-        value = configured.get(index.search_parameter or "", 0)
-        if value:
-            index.set_search_value(value)
         self.index = index
+        if self.configured_search_value():
+            index.set_search_value(self.configured_search_value())
         return index
+
+    def configured_search_value(self) -> int:
+        """`retrieval.nprobe` or `retrieval.ef_search`, whichever the index uses; 0 when
+        it is unset (to be tuned) or the index has no search parameter."""
+        name = self.index.search_parameter if self.index is not None else None
+        configured = {"nprobe": self.retrieval.nprobe, "efSearch": self.retrieval.ef_search}
+        return configured.get(name or "", 0)
 
     # ------------------------------------------------------------------ inputs
 

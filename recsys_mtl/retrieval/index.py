@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import faiss
@@ -237,20 +237,13 @@ class ItemIndex:
         n_queries, n_items = len(users), self.n_items
         scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
         ids = np.full((n_queries, k), -1, dtype=np.int64)
-        # Over-fetch k + (the query's exclusions), rounded up to a power of two, so the
-        # k best allowed items are always among the fetched ones. Queries are grouped by
-        # that size: one user with 10k seen items does not make the others fetch 10k.
-        counts = np.diff(indptr)
-        fetch_sizes = np.minimum(2 ** np.ceil(np.log2(k + counts)).astype(np.int64), n_items)
-        for fetch in np.unique(fetch_sizes):
-            group = np.flatnonzero(fetch_sizes == fetch)
-            for start in range(0, len(group), chunk_size):
-                rows = group[start : start + chunk_size]
-                sub_indptr, sub_excluded = csr_rows(indptr, excluded, rows)
-                row_scores, row_ids = self._search_excluding(
-                    users[rows], k, int(fetch), sub_indptr, sub_excluded
-                )
-                scores[rows], ids[rows] = row_scores, row_ids
+        # Over-fetch per query (see _fetch_groups), then drop the excluded.
+        for fetch, rows in _fetch_groups(indptr, k, n_items, chunk_size):
+            sub_indptr, sub_excluded = csr_rows(indptr, excluded, rows)
+            row_scores, row_ids = self._search_excluding(
+                users[rows], k, fetch, sub_indptr, sub_excluded
+            )
+            scores[rows], ids[rows] = row_scores, row_ids
         return scores, ids
 
     def _search_excluding(
@@ -266,14 +259,7 @@ class ItemIndex:
         scores = np.full((rows, k), -np.inf, dtype=np.float32)
         ids = np.full((rows, k), -1, dtype=np.int64)
         cand_scores, cand_ids = self._index.search(users, fetch)
-        valid = cand_ids >= 0
-        counts = np.diff(indptr)
-        if counts.any():
-            # Pair keys row * N + item mark the excluded (query, item) pairs.
-            excluded_keys = np.repeat(np.arange(rows, dtype=np.int64), counts) * n_items
-            excluded_keys += excluded
-            cand_keys = np.arange(rows, dtype=np.int64)[:, None] * n_items + cand_ids
-            valid &= ~np.isin(cand_keys, excluded_keys)
+        valid = (cand_ids >= 0) & _allowed(cand_ids, indptr, excluded, n_items)
         # lexsort: last key is primary -> valid first, score descending, lower id.
         order = np.lexsort((cand_ids, -cand_scores, ~valid), axis=-1)[:, :k]
         top_valid = np.take_along_axis(valid, order, axis=1)
@@ -385,23 +371,44 @@ def ordered_topk(
         exclude_indptr, exclude_items, n_queries, max(n_items, 1), where="ordered_topk"
     )
     out = np.full((n_queries, k), -1, dtype=np.int64)
+    for fetch, rows in _fetch_groups(indptr, k, order.size, QUERY_CHUNK):
+        sub_indptr, sub_excluded = csr_rows(indptr, excluded, rows)
+        candidates = np.broadcast_to(order[:fetch], (len(rows), fetch))
+        valid = _allowed(candidates, sub_indptr, sub_excluded, n_items)
+        # A stable sort on "not allowed" keeps the shared order among allowed items.
+        position = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+        kept = np.take_along_axis(valid, position, axis=1)
+        width = position.shape[1]
+        out[rows, :width] = np.where(kept, np.take_along_axis(candidates, position, 1), -1)
+    return out
+
+
+def _fetch_groups(
+    indptr: np.ndarray, k: int, limit: int, chunk_size: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(fetch size, query rows) groups: each query needs k + (its exclusions) candidates,
+    rounded up to a power of two (at most `limit`) so the k best allowed items are among
+    them. Grouping by that size means one user with 10k exclusions does not make every
+    other query fetch 10k; groups come in chunks of at most `chunk_size` rows."""
     counts = np.diff(indptr)
-    fetch_sizes = np.minimum(2 ** np.ceil(np.log2(k + counts)).astype(np.int64), order.size)
+    fetch_sizes = np.minimum(2 ** np.ceil(np.log2(k + counts)).astype(np.int64), limit)
     for fetch in np.unique(fetch_sizes):
         group = np.flatnonzero(fetch_sizes == fetch)
-        for start in range(0, len(group), QUERY_CHUNK):
-            rows = group[start : start + QUERY_CHUNK]
-            sub_indptr, sub_excluded = csr_rows(indptr, excluded, rows)
-            candidates = np.broadcast_to(order[:fetch], (len(rows), int(fetch)))
-            keys = np.arange(len(rows), dtype=np.int64)[:, None] * n_items + candidates
-            banned = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(sub_indptr))
-            valid = ~np.isin(keys, banned * n_items + sub_excluded)
-            # A stable sort on "not allowed" keeps the shared order among allowed items.
-            position = np.argsort(~valid, axis=1, kind="stable")[:, :k]
-            kept = np.take_along_axis(valid, position, axis=1)
-            width = position.shape[1]
-            out[rows, :width] = np.where(kept, np.take_along_axis(candidates, position, 1), -1)
-    return out
+        for start in range(0, len(group), chunk_size):
+            yield int(fetch), group[start : start + chunk_size]
+
+
+def _allowed(
+    candidates: np.ndarray, indptr: np.ndarray, excluded: np.ndarray, n_items: int
+) -> np.ndarray:
+    """(Q, F) bool: candidate item rows (Q, F) not in their query's exclusions (CSR)."""
+    counts = np.diff(indptr)
+    if not counts.any():
+        return np.ones(candidates.shape, dtype=bool)
+    # Pair keys row * N + item mark the excluded (query, item) pairs.
+    rows = np.arange(len(candidates), dtype=np.int64)
+    excluded_keys = np.repeat(rows, counts) * n_items + excluded
+    return ~np.isin(rows[:, None] * n_items + candidates, excluded_keys)
 
 
 def brute_force_topk(

@@ -9,6 +9,7 @@ cheapest value that reaches a target recall.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import faiss
@@ -73,14 +74,17 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def _timed_search(
-    search: object, queries: np.ndarray, k: int, repeats: int
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    queries: np.ndarray,
+    k: int,
+    repeats: int,
 ) -> tuple[np.ndarray, float]:
     """Run `search(queries, k)` `repeats` times; return its ids and the best seconds."""
     best = float("inf")
     ids = np.zeros((0, k), dtype=np.int64)
     for _ in range(repeats):
         start = time.perf_counter()
-        _, ids = search(queries, k)  # type: ignore[operator]
+        _, ids = search(queries, k)
         best = min(best, time.perf_counter() - start)
     return ids, best
 
