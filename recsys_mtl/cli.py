@@ -1,7 +1,8 @@
 """The `recsys-mtl` command line.
 
   recsys-mtl run PIPELINE.toml [--set section.key=value ...]
-  recsys-mtl features|train|index|evaluate PIPELINE.toml [--set ...]
+  recsys-mtl features|train|index|evaluate PIPELINE.toml [--set ...] [--device cuda]
+  torchrun --nproc-per-node N -m recsys_mtl train PIPELINE.toml   (data-parallel)
   recsys-mtl sweep PIPELINE.toml --grid KEY=V1,V2 [--grid ...] [--set ...]
   recsys-mtl predict --model MODEL --input IMPRESSIONS.parquet --out PRED.parquet
   recsys-mtl recommend --model MODEL (--user ID ... | --users FILE | --all-users) -k K
@@ -20,6 +21,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -57,9 +59,18 @@ def _parser() -> argparse.ArgumentParser:
         )
         return cmd
 
-    pipeline_command("run", "Run every stage: features, train, index, evaluate, queries.")
+    run = pipeline_command("run", "Run every stage: features, train, index, evaluate, queries.")
     pipeline_command("features", "Build features and write them under output_dir/features.")
-    pipeline_command("train", "Train on the features; write the model bundle.")
+    train = pipeline_command(
+        "train",
+        "Train on the features; write the model bundle. Under `torchrun --nproc-per-node N "
+        "-m recsys_mtl train ...` the N processes train one model data-parallel.",
+    )
+    for cmd in (run, train):
+        cmd.add_argument(
+            "--device",
+            help="train on this device: cpu, cuda, cuda:N or auto (sets training.device)",
+        )
     pipeline_command("index", "Build the FAISS index into the model bundle.")
     evaluate = pipeline_command(
         "evaluate",
@@ -228,11 +239,17 @@ def _child_trackers(config: Any) -> Any:
 # ---------------------------------------------------------------------------- commands
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--set values, plus --device as training.device."""
+    device = getattr(args, "device", None)
+    return [*args.overrides, *([f"training.device={device}"] if device else [])]
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from recsys_mtl.config import load_config
     from recsys_mtl.pipeline import Paths, run_pipeline
 
-    config = load_config(args.pipeline, args.overrides)
+    config = load_config(args.pipeline, _overrides(args))
     with _tracker(config, "run") as tracker:
         summary = run_pipeline(config, tracker)
         if config.tracking.enabled and config.tracking.log_model:
@@ -283,12 +300,62 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         print(f"MLflow parent run id: {tracker.run_id}")
 
 
+def cmd_train_distributed(args: argparse.Namespace) -> None:
+    """`train` in a process started by torchrun (WORLD_SIZE > 1): join the group; rank 0
+    builds the features when there are none yet, logs to MLflow and saves the bundle."""
+    from recsys_mtl import pipeline as stages
+    from recsys_mtl.config import load_config
+    from recsys_mtl.features.pipeline import load_features
+    from recsys_mtl.training.distributed import from_environment, shutdown
+
+    config = load_config(args.pipeline, _overrides(args))
+    paths = stages.Paths(config.output_path)
+    device = config.training.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    distributed = from_environment(device)
+    try:
+        with (
+            _tracker(config, "train")
+            if distributed.is_main
+            else contextlib.nullcontext(_noop_tracker())
+        ) as tracker:
+            if distributed.is_main:
+                tracker.set_tags({"world_size": str(distributed.world_size)})
+                tracker.log_params({"distributed/world_size": distributed.world_size})
+                if not (paths.features / "spec.json").is_file():
+                    stages.features_stage(config, tracker)
+            distributed.barrier()
+            features = load_features(paths.features)
+            _, result = stages.train_stage(config, features, tracker, distributed)
+            if distributed.is_main:
+                print(
+                    f"trained on {distributed.world_size} processes: best epoch "
+                    f"{result.best_epoch}, {config.training.monitor} = "
+                    f"{result.best_score:.4f}; model bundle at {paths.model}"
+                )
+                run_id = getattr(tracker, "run_id", None)
+                if run_id:
+                    print(f"MLflow run id: {run_id}")
+            distributed.barrier()
+    finally:
+        shutdown()
+
+
+def _noop_tracker() -> Any:
+    from recsys_mtl.tracking import NoopTracker
+
+    return NoopTracker()
+
+
 def cmd_stage(args: argparse.Namespace) -> None:
     from recsys_mtl import pipeline as stages
     from recsys_mtl.config import load_config
     from recsys_mtl.features.pipeline import load_features
 
-    config = load_config(args.pipeline, args.overrides)
+    config = load_config(args.pipeline, _overrides(args))
     paths = stages.Paths(config.output_path)
     with _tracker(config, args.command) as tracker:
         if args.command == "features":
@@ -477,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_evaluate_seeds(args)
         elif args.command == "report":
             cmd_report(args)
+        elif args.command == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            cmd_train_distributed(args)
         elif args.command in STAGES:
             cmd_stage(args)
         elif args.command == "predict":

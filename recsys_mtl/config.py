@@ -205,6 +205,11 @@ class FeaturesSection:
         "Strength (in events) of the global-mean prior that smooths history rates.", 5.0
     )
     shard_rows: int = _doc("Rows per output Parquet shard.", 2_000_000)
+    row_group_rows: int = _doc(
+        "Rows per Parquet row group in the shards: the unit that streamed training "
+        "(training.in_memory_rows) shuffles and reads.",
+        65_536,
+    )
 
 
 @dataclass
@@ -313,6 +318,23 @@ class TrainingSection:
     )
     progress: bool = _doc("Show a progress bar per epoch.", True)
     threads: int = _doc("torch intra-op threads; 0 keeps torch's default.", 0)
+    device: str = _doc(
+        "Where training runs: 'cpu', 'cuda' (or 'cuda:N'), or 'auto' (cuda when torch "
+        "sees a GPU). The bundle is saved for CPU; evaluation, the index and serving run "
+        "on CPU. `recsys-mtl train/run --device` overrides it.",
+        "cpu",
+    )
+    in_memory_rows: int = _doc(
+        "Training splits of up to this many rows are loaded into memory once; larger ones "
+        "are streamed from their Parquet shards each epoch, a shuffled buffer of "
+        "`stream_buffer_rows` at a time (bounded memory). 0 always streams.",
+        5_000_000,
+    )
+    stream_buffer_rows: int = _doc(
+        "Rows per shuffle buffer when streaming (row groups in random order, rows "
+        "shuffled within the buffer); two buffers are in memory at once.",
+        1_000_000,
+    )
     refit: bool = _doc(
         "After early stopping picks the epoch count, train a fresh model on training + "
         "validation rows for that many epochs (under a temporal split the validation "
@@ -721,6 +743,23 @@ def validate(config: PipelineConfig) -> None:
             f"training.ranking_users must be >= 0, got {config.training.ranking_users}",
             fix="use e.g. 1000, or 0 to turn the validation ranking probe off",
         )
+    if config.training.in_memory_rows < 0:
+        raise RecsysError(
+            f"training.in_memory_rows must be >= 0, got {config.training.in_memory_rows}",
+            fix="use e.g. 5000000, or 0 to always stream the training rows",
+        )
+    _require_positive([("training.stream_buffer_rows", config.training.stream_buffer_rows)])
+    check_device(config.training.device)
+
+
+def check_device(device: str) -> None:
+    """'cpu', 'cuda', 'cuda:N' or 'auto'; anything else is a clear error."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "auto") or (index and (kind != "cuda" or not index.isdigit())):
+        raise RecsysError(
+            f"unknown training.device '{device}'",
+            fix="use 'cpu', 'cuda', 'cuda:0' (a GPU's index) or 'auto'",
+        )
 
 
 def _validate_retrieval(r: RetrievalSection, tasks: dict[str, TaskConfig]) -> None:
@@ -863,6 +902,7 @@ def _validate_features(f: FeaturesSection) -> None:
     _require_positive(
         [
             ("features.shard_rows", f.shard_rows),
+            ("features.row_group_rows", f.row_group_rows),
             ("features.min_count", f.min_count),
             ("features.max_list_length", f.max_list_length),
         ]

@@ -12,6 +12,7 @@ Each stage reads what the previous one wrote under `pipeline.output_dir`:
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import time
@@ -36,7 +37,12 @@ from recsys_mtl.evaluation.systems import (
     rating_mean_systems,
     single_task_system,
 )
-from recsys_mtl.features.pipeline import FeatureSet, build_features, save_features
+from recsys_mtl.features.pipeline import (
+    FeatureSet,
+    build_features,
+    load_features,
+    save_features,
+)
 from recsys_mtl.features.vocab import FIRST
 from recsys_mtl.model.architectures import SHARING
 from recsys_mtl.model.multitask import MultiTaskModel, build_model
@@ -47,6 +53,8 @@ from recsys_mtl.retrieval.index import ItemIndex
 from recsys_mtl.retrieval.quality import measure_quality
 from recsys_mtl.tracking import NoopTracker, Tracker
 from recsys_mtl.training.diagnostics import write_training_diagnostics
+from recsys_mtl.training.distributed import SINGLE, Distributed, resolve_device
+from recsys_mtl.training.inputs import PROBE_COLUMNS, TrainingInput, training_input
 from recsys_mtl.training.ranking_probe import RankingProbe
 from recsys_mtl.training.tensors import TensorData
 from recsys_mtl.training.trainer import Trainer, TrainingResult
@@ -98,7 +106,13 @@ def features_stage(config: PipelineConfig, tracker: Tracker | None = None) -> Fe
     tracker = tracker or NoopTracker()
     start = time.perf_counter()
     features = build_features(load_dataset(config), config)
-    save_features(features, Paths(config.output_path).features, config.features.shard_rows)
+    save_features(
+        features,
+        Paths(config.output_path).features,
+        config.features.shard_rows,
+        config.features.row_group_rows,
+    )
+    features.folder = Paths(config.output_path).features
     tracker.log_dict(features.spec, "features/spec.json")
     tracker.log_metrics(
         {
@@ -118,22 +132,22 @@ def check_registered(config: PipelineConfig) -> None:
             raise RecsysError(f"unknown {key} '{value}'", fix=f"use one of {sorted(registry)}")
 
 
-def item_log_frequency(train: TensorData, model: MultiTaskModel) -> torch.Tensor:
-    """log of each item's share of the training clicks (+1 smoothing), (n_items,)."""
-    clicked = train.labels[model.retrieval_task] == 1
-    n_items = model.item_encoder.spec.id_vocab_size
-    counts = torch.bincount(train.items[clicked], minlength=n_items).float() + 1.0
+def item_log_frequency(clicks: torch.Tensor) -> torch.Tensor:
+    """log of each item's share of the training clicks (+1 smoothing), (n_items,), from
+    the click count of each item index."""
+    counts = clicks.float() + 1.0
     return torch.log(counts / counts.sum())
 
 
 def _trainer(
     config: PipelineConfig,
     model: MultiTaskModel,
-    train: TensorData,
+    inputs: TrainingInput,
     tracker: Tracker | None,
     checkpoints: Path | None,
     ranking_probe: RankingProbe | None = None,
     task_monitors: dict[str, str] | None = None,
+    distributed: Distributed = SINGLE,
 ) -> Trainer:
     return Trainer(
         model,
@@ -143,9 +157,11 @@ def _trainer(
         config.pipeline.seed,
         tracker,
         checkpoints,
-        item_log_frequency(train, model),
+        item_log_frequency(inputs.item_clicks),
         ranking_probe,
         task_monitors,
+        distributed,
+        resolve_device(config.training.device, distributed),
     )
 
 
@@ -155,52 +171,98 @@ def _fit(
     tracker: Tracker | None,
     checkpoints: Path | None,
     task_monitors: dict[str, str] | None = None,
+    distributed: Distributed = SINGLE,
 ) -> tuple[MultiTaskModel, TrainingResult, Trainer]:
     """Train on the training split with early stopping on validation; with
     `training.refit`, retrain a fresh model on both for the selected number of epochs.
-    Returns the selected model, its record and the trainer that produced it."""
+    Returns the selected model (on the CPU), its record and the trainer that produced
+    it. Large training splits are streamed (`training.in_memory_rows`); in a
+    distributed run each rank trains on its own share and rank 0 validates."""
     check_registered(config)
     torch.manual_seed(config.pipeline.seed)
     tasks = config.tasks
-    train = TensorData.from_frame(features.train, tasks, features.transform)
-    validation = TensorData.from_frame(features.validation, tasks, features.transform)
-    model = build_model(features.transform, config.model, tasks, train.label_means())
+    retrieval_label = tasks[retrieval_task_name(config)].label
+    inputs = training_input(
+        features, ["train"], tasks, config.training, retrieval_label, distributed
+    )
+    validation = None
+    if distributed.is_main:
+        validation = TensorData.from_frame(features.validation, tasks, features.transform)
+    model = build_model(features.transform, config.model, tasks, inputs.label_means)
     probe = None
-    if config.training.ranking_users:
+    if config.training.ranking_users and distributed.is_main:
         probe = RankingProbe.from_frames(
-            features.train,
+            inputs.frame(PROBE_COLUMNS),
             features.validation,
-            train,
+            inputs.take,
             validation,
             config.evaluation.k,
             config.training.ranking_users,
             config.pipeline.seed,
         )
-    trainer = _trainer(config, model, train, tracker, checkpoints, probe, task_monitors)
+    trainer = _trainer(
+        config, model, inputs, tracker, checkpoints, probe, task_monitors, distributed
+    )
     try:
-        result = trainer.fit(train, validation)
+        result = trainer.fit(inputs.rows, validation)
     except ValueError as exc:
         raise RecsysError(str(exc), fix="set training.monitor to one of those names") from None
     if config.training.refit:
+        del inputs
         torch.manual_seed(config.pipeline.seed)
-        everything = TensorData.concat([train, validation])
-        model = build_model(features.transform, config.model, tasks, everything.label_means())
-        trainer = _trainer(config, model, everything, tracker, checkpoints, None, task_monitors)
-        result = trainer.refit(everything, result)
+        everything = training_input(
+            features, ["train", "validation"], tasks, config.training, retrieval_label, distributed
+        )
+        model = build_model(features.transform, config.model, tasks, everything.label_means)
+        trainer = _trainer(
+            config, model, everything, tracker, checkpoints, None, task_monitors, distributed
+        )
+        result = trainer.refit(everything.rows, result)
+    model.to("cpu")
+    for state in trainer.task_states.values():
+        for name, value in state.items():
+            state[name] = value.cpu()
     return model, result, trainer
 
 
+def retrieval_task_name(config: PipelineConfig) -> str:
+    """The task whose head is the retrievable inner product (the model's retrieval_task)."""
+    return next(name for name, task in config.tasks.items() if task.head == "dot")
+
+
 def seen_interactions(features: FeatureSet) -> pl.DataFrame:
-    """The rows whose positives a served model treats as seen: train + validation."""
-    return pl.concat([features.train, features.validation], how="diagonal_relaxed")
+    """The rows whose positives a served model treats as seen: train + validation (the
+    columns the bundle and the baselines read, without loading whole splits)."""
+    labels = [task["label"] for task in features.spec.get("tasks", {}).values()]
+    wanted = dict.fromkeys(["user_id", "item_id", "user_idx", "item_idx", "timestamp", *labels])
+    present = features.column_names("train")
+    columns = [c for c in wanted if c in present]
+    return pl.concat(
+        [features.columns(name, columns) for name in ("train", "validation")],
+        how="diagonal_relaxed",
+    )
 
 
 def train_stage(
-    config: PipelineConfig, features: FeatureSet, tracker: Tracker | None = None
-) -> tuple[Recommender, TrainingResult]:
+    config: PipelineConfig,
+    features: FeatureSet,
+    tracker: Tracker | None = None,
+    distributed: Distributed = SINGLE,
+) -> tuple[Recommender | None, TrainingResult]:
+    """Train, save the bundle and the training record. In a distributed run every rank
+    trains; rank 0 alone writes (checkpoints, bundle, record) and returns the
+    recommender, the other ranks return None."""
     features = features.without_test()  # protocol guard: training never sees the test split
     paths = Paths(config.output_path)
-    model, result, _ = _fit(config, features, tracker, paths.checkpoints)
+    model, result, _ = _fit(
+        config,
+        features,
+        tracker,
+        paths.checkpoints if distributed.is_main else None,
+        distributed=distributed,
+    )
+    if not distributed.is_main:
+        return None, result
     recommender = Recommender.from_training(
         model, features.transform, seen_interactions(features), config.retrieval, config.model
     )
@@ -464,7 +526,13 @@ def run_pipeline(config: PipelineConfig, tracker: Tracker | None = None) -> RunS
     tracker = tracker or NoopTracker()
     tracker.log_params(config.flat_params())
     features = features_stage(config, tracker)
+    if features.spec["rows"]["train"] > config.training.in_memory_rows:
+        # Out of core: free the frames; training streams its rows from the shards and
+        # later stages read only the splits and columns they use.
+        features = load_features(Paths(config.output_path).features)
+        gc.collect()
     recommender, result = train_stage(config, features, tracker)
+    assert recommender is not None
     index_stage(config, recommender, tracker)
     metrics = evaluate_stage(config, recommender, features, tracker)
     samples = sample_queries(config, recommender, features)

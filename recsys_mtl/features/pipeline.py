@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,14 +49,48 @@ LABELS = ("click", "purchase", "rating")
 SPLITS = tuple(SPLIT_NAMES.values())
 
 
+class SplitFrames(Mapping[str, pl.DataFrame]):
+    """Split name -> frame, each read from `<folder>/<split>/*.parquet` the first time it
+    is asked for (so a stage that streams the training rows never loads them)."""
+
+    def __init__(self, folder: Path, names: tuple[str, ...] = SPLITS) -> None:
+        self.folder = folder
+        self.names = names
+        self._loaded: dict[str, pl.DataFrame] = {}
+
+    def __getitem__(self, name: str) -> pl.DataFrame:
+        if name not in self.names:
+            raise KeyError(name)
+        if name not in self._loaded:
+            self._loaded[name] = pl.read_parquet(self.folder / name / "*.parquet")
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+    def without(self, name: str) -> SplitFrames:
+        other = SplitFrames(self.folder, tuple(n for n in self.names if n != name))
+        other._loaded = {n: f for n, f in self._loaded.items() if n != name}
+        return other
+
+
 @dataclass
 class FeatureSet:
     """Encoded splits plus the fitted transform. Frames hold user_id, item_id, user_idx,
-    item_idx, timestamp, click, purchase, rating and any `true_*` oracle columns."""
+    item_idx, timestamp, click, purchase, rating and any `true_*` oracle columns.
+    `folder`: where the splits are saved as Parquet shards (None until saved); loaded
+    features read each split from there only when it is first used."""
 
-    splits: dict[str, pl.DataFrame]
+    splits: Mapping[str, pl.DataFrame]
     transform: FeatureTransform
     spec: dict[str, Any]
+    folder: Path | None = None
 
     @property
     def train(self) -> pl.DataFrame:
@@ -77,8 +112,31 @@ class FeatureSet:
 
     def without_test(self) -> FeatureSet:
         """The same features with the test split withheld (what training may read)."""
+        if isinstance(self.splits, SplitFrames):
+            return FeatureSet(self.splits.without("test"), self.transform, self.spec, self.folder)
         splits = {name: frame for name, frame in self.splits.items() if name != "test"}
-        return FeatureSet(splits, self.transform, self.spec)
+        return FeatureSet(splits, self.transform, self.spec, self.folder)
+
+    def in_memory(self, name: str) -> bool:
+        """Whether split `name` is already a frame in memory (not read from disk on use)."""
+        return not isinstance(self.splits, SplitFrames) or self.splits.is_loaded(name)
+
+    def columns(self, name: str, columns: list[str]) -> pl.DataFrame:
+        """Some columns of split `name`, read from disk alone when it is not loaded."""
+        if self.in_memory(name) or self.folder is None:
+            return self.splits[name].select(columns)
+        return pl.read_parquet(self.folder / name / "*.parquet", columns=columns)
+
+    def column_names(self, name: str) -> list[str]:
+        """The columns of split `name` (from the Parquet schema when not loaded)."""
+        if self.in_memory(name) or self.folder is None:
+            return self.splits[name].columns
+        first = sorted((self.folder / name).glob("*.parquet"))[0]
+        return list(pl.read_parquet_schema(first))
+
+    def split_folder(self, name: str) -> Path | None:
+        """The folder of split `name`'s Parquet shards (None when never saved)."""
+        return self.folder / name if self.folder is not None else None
 
 
 def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
@@ -241,9 +299,15 @@ def _history_features(
     return history, parts
 
 
-def save_features(features: FeatureSet, folder: Path, shard_rows: int = 2_000_000) -> None:
+def save_features(
+    features: FeatureSet,
+    folder: Path,
+    shard_rows: int = 2_000_000,
+    row_group_rows: int = 65_536,
+) -> None:
     """Write the feature set into `folder` (each split as `<split>/part-NNNNN.parquet`
-    shards of at most `shard_rows` rows), replacing it only once everything is written."""
+    shards of at most `shard_rows` rows, in row groups of `row_group_rows`), replacing
+    it only once everything is written."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -251,7 +315,7 @@ def save_features(features: FeatureSet, folder: Path, shard_rows: int = 2_000_00
             (tmp / name).mkdir()
             for shard, start in enumerate(range(0, max(frame.height, 1), shard_rows)):
                 frame.slice(start, shard_rows).write_parquet(
-                    tmp / name / f"part-{shard:05d}.parquet"
+                    tmp / name / f"part-{shard:05d}.parquet", row_group_size=row_group_rows
                 )
         features.transform.save(tmp / "transform")
         (tmp / "spec.json").write_text(json.dumps(features.spec, indent=2))
@@ -276,6 +340,6 @@ def load_features(folder: Path) -> FeatureSet:
             f"no features in '{folder}'",
             fix="run `recsys-mtl features PIPELINE.toml` (or `recsys-mtl run`) first",
         )
-    splits = {name: pl.read_parquet(folder / name / "*.parquet") for name in SPLITS}
     spec = json.loads((folder / "spec.json").read_text())
-    return FeatureSet(splits, FeatureTransform.load(folder / "transform"), spec)
+    transform = FeatureTransform.load(folder / "transform")
+    return FeatureSet(SplitFrames(folder), transform, spec, folder)

@@ -27,6 +27,14 @@ class RowInputs:
             {k: v[index] for k, v in self.lists.items()},
         )
 
+    def to(self, device: torch.device) -> RowInputs:
+        """The same inputs on `device` (no copy when already there)."""
+        return RowInputs(
+            self.categorical.to(device, non_blocking=True),
+            self.numeric.to(device, non_blocking=True),
+            {k: v.to(device, non_blocking=True) for k, v in self.lists.items()},
+        )
+
     @classmethod
     def concat(cls, parts: list[RowInputs]) -> RowInputs:
         return cls(

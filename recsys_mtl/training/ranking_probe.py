@@ -15,6 +15,7 @@ retrieves best:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,13 +55,15 @@ class RankingProbe:
         cls,
         train: pl.DataFrame,
         validation: pl.DataFrame,
-        train_data: TensorData,
+        train_data: TensorData | Callable[[np.ndarray], TensorData],
         validation_data: TensorData,
         ks: list[int],
         max_users: int = 0,
         seed: int = 0,
     ) -> RankingProbe | None:
-        """The probe of a split pair; `*_data` are the frames' tensors (same row order).
+        """The probe of a split pair; `*_data` are the frames' tensors (same row order),
+        or for the training rows a function reading rows by number (streamed training;
+        then `train` need only hold user_idx, item_idx, timestamp and click).
         `max_users` > 0 keeps a seeded random sample of that many validation users.
         None when no validation user has a click on a known item."""
         clicked = validation.with_row_index("_row").filter(
@@ -104,6 +107,11 @@ class RankingProbe:
         relevant = (
             clicked.select("user_idx", "item_idx").unique().join(query_of_user, on="user_idx")
         )
+        catalogue_rows = (
+            train_data
+            if callable(train_data)
+            else lambda rows: train_data.take(torch.from_numpy(rows))
+        )
         indptr, items = _csr(
             relevant["_query"].to_numpy(),
             relevant["item_idx"].to_numpy().astype(np.int64),
@@ -113,9 +121,7 @@ class RankingProbe:
             queries=validation_data.take(
                 torch.from_numpy(first_rows["_row"].to_numpy().astype(np.int64))
             ),
-            catalogue=train_data.take(
-                torch.from_numpy(latest_item_rows["_row"].to_numpy().astype(np.int64))
-            ),
+            catalogue=catalogue_rows(latest_item_rows["_row"].to_numpy().astype(np.int64)),
             seen_queries=torch.from_numpy(seen["_query"].to_numpy().astype(np.int64)),
             seen_positions=torch.from_numpy(seen["_position"].to_numpy().astype(np.int64)),
             relevant_indptr=indptr,
@@ -128,24 +134,26 @@ class RankingProbe:
         """`recall@k`, `ndcg@k`, `hitrate@k` of the model's click score."""
         was_training = model.training
         model.eval()
-        items = model.item_vectors(
-            model.item_encoder(self.catalogue.items, self.catalogue.item_rows)
-        )
-        catalogue_items = self.catalogue.items
+        device = next(model.parameters()).device
+        catalogue = self.catalogue.to(device)
+        items = model.item_vectors(model.item_encoder(catalogue.items, catalogue.item_rows))
+        catalogue_items = catalogue.items
+        seen_queries = self.seen_queries.to(device)
+        seen_positions = self.seen_positions.to(device)
         k = min(max(self.ks), items.shape[0])
         n_queries = len(self.queries)
         top = np.empty((n_queries, max(self.ks)), dtype=np.int64)
         top[:, k:] = -1
         for start in range(0, n_queries, USER_CHUNK):
-            chunk = self.queries.take(slice(start, start + USER_CHUNK))
+            chunk = self.queries.take(slice(start, start + USER_CHUNK)).to(device)
             users = model.user_vectors(model.user_encoder(chunk.users, chunk.user_rows))
             scores = users @ items.T
-            in_chunk = (self.seen_queries >= start) & (self.seen_queries < start + len(chunk))
-            scores[self.seen_queries[in_chunk] - start, self.seen_positions[in_chunk]] = -torch.inf
+            in_chunk = (seen_queries >= start) & (seen_queries < start + len(chunk))
+            scores[seen_queries[in_chunk] - start, seen_positions[in_chunk]] = -torch.inf
             values, positions = torch.topk(scores, k, dim=1)
             ranked = catalogue_items[positions]
-            top[start : start + len(chunk), :k] = torch.where(
-                torch.isinf(values), -1, ranked
-            ).numpy()
+            top[start : start + len(chunk), :k] = (
+                torch.where(torch.isinf(values), -1, ranked).cpu().numpy()
+            )
         model.train(was_training)
         return ranking_metrics(top, self.relevant_indptr, self.relevant_items, self.ks)

@@ -25,7 +25,7 @@ def task_gradient_cosines(
     grads = representation_gradients(losses, shared)
     stacked = torch.stack(grads)  # (T, N)
     unit = stacked / stacked.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    return (unit @ unit.T).numpy().astype(np.float64)
+    return (unit @ unit.T).cpu().numpy().astype(np.float64)
 
 
 def suggest_task_groups(

@@ -100,8 +100,24 @@ class TensorData:
             {n: torch.cat([p.labels[n] for p in parts]) for n in names},
         )
 
+    def to(self, device: torch.device) -> TensorData:
+        """The same rows on `device` (no copy when already there)."""
+        if self.users.device == device:
+            return self
+        return TensorData(
+            self.users.to(device, non_blocking=True),
+            self.items.to(device, non_blocking=True),
+            self.user_rows.to(device),
+            self.item_rows.to(device),
+            {k: v.to(device, non_blocking=True) for k, v in self.labels.items()},
+        )
+
     def shuffled(self, generator: torch.Generator) -> TensorData:
         return self.take(torch.randperm(len(self), generator=generator))
+
+    def epoch_batches(self, generator: torch.Generator, batch_size: int) -> Iterator[TensorData]:
+        """One epoch: the rows in a seeded random order, cut into batches."""
+        return self.shuffled(generator).batches(batch_size)
 
     def batches(self, batch_size: int) -> Iterator[TensorData]:
         """Contiguous slices (views, no copies) of `batch_size` rows."""
@@ -122,10 +138,12 @@ def predict_arrays(
     """Named predictions (N,) for every row: p_<task> / <task>_pred (see the model)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     chunks: dict[str, list[torch.Tensor]] = {}
     for batch in data.batches(batch_size):
+        batch = batch.to(device)
         outputs = model(batch.users, batch.items, batch.user_rows, batch.item_rows)
         for name, values in model.predictions(outputs).items():
-            chunks.setdefault(name, []).append(values)
+            chunks.setdefault(name, []).append(values.cpu())
     model.train(was_training)
     return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}

@@ -25,10 +25,15 @@ from recsys_mtl.objectives.losses import in_batch_softmax_loss, task_losses
 from recsys_mtl.objectives.weighting import WeightingStrategy
 from recsys_mtl.tracking import NoopTracker, Tracker
 from recsys_mtl.training.averaging import ParameterAverage
+from recsys_mtl.training.distributed import SINGLE, Distributed
 from recsys_mtl.training.optimizers import build_optimizers
 from recsys_mtl.training.ranking_probe import RankingProbe
 from recsys_mtl.training.relations import task_gradient_cosines
+from recsys_mtl.training.stream import StreamedRows
 from recsys_mtl.training.tensors import TensorData, predict_arrays
+
+#: What an epoch trains on: tensors in memory, or rows streamed from Parquet shards.
+TrainingRows = TensorData | StreamedRows
 
 #: The validation metric `training.monitor_weights` combines the task metrics into.
 COMBINED = "val/combined"
@@ -48,6 +53,33 @@ class TrainingResult:
     gates: dict[int, dict[str, Any]] = field(default_factory=dict)
     steps: list[dict[str, float]] = field(default_factory=list)
     task_epochs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    """One batch's forward pass: the scalar to back-propagate and what is logged."""
+
+    total: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    weights: dict[str, float]
+    relation: np.ndarray | None
+    penalty: torch.Tensor | None
+    retrieval: torch.Tensor | None
+
+
+class _StepModule(torch.nn.Module):
+    """The model and the weighting's learnable parameters as one module whose forward is
+    the whole training step's loss, so DistributedDataParallel averages the gradients
+    of all of them (it only sees what runs inside its forward)."""
+
+    def __init__(self, model: MultiTaskModel, extra: list[torch.nn.Parameter], step: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.extra = torch.nn.ParameterList(extra)
+        self._step = step
+
+    def forward(self, batch: TensorData, measure_relation: bool) -> StepOutput:
+        return self._step(batch, measure_relation)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -71,6 +103,8 @@ class Trainer:
         item_log_frequency: torch.Tensor | None = None,
         ranking_probe: RankingProbe | None = None,
         task_monitors: dict[str, str] | None = None,
+        distributed: Distributed = SINGLE,
+        device: torch.device | str = "cpu",
     ) -> None:
         """`item_log_frequency` (n_items,): log click frequency of each item in training,
         the correction of the in-batch retrieval loss (`training.retrieval_loss_weight`);
@@ -80,8 +114,17 @@ class Trainer:
         the averaged weights at each task's best epoch are kept in `task_states`, and
         training stops only when every task has stopped improving. With towers that
         share nothing (`model.sharing = 'none'`) that is one single-task model per task,
-        each early-stopped on its own metric, for the price of one training run."""
-        self.model = model
+        each early-stopped on its own metric, for the price of one training run.
+
+        `distributed`: this process's rank when torchrun started several; each rank
+        trains on its own rows with batch_size / world_size rows per step, gradients are
+        averaged by DistributedDataParallel, rank 0 validates and checkpoints.
+        `device`: where the model and batches live during training ("cpu", "cuda")."""
+        self.device = torch.device(device)
+        self.distributed = distributed
+        self.model = model.to(self.device)
+        for tensor in [*weighting.parameters(), *weighting.synced_tensors()]:
+            tensor.data = tensor.data.to(self.device)
         self.tasks = tasks
         self.weighting = weighting
         self.cfg = cfg
@@ -95,7 +138,20 @@ class Trainer:
             weight_decay=cfg.weight_decay,
             sparse_rows=cfg.sparse_embedding_rows,
         )
-        self.item_log_frequency = item_log_frequency
+        self.item_log_frequency = (
+            item_log_frequency.to(self.device) if item_log_frequency is not None else None
+        )
+        step = _StepModule(self.model, weighting.parameters(), self._forward_step)
+        self.step_module: torch.nn.Module = step
+        if distributed.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            on_gpu = self.device.type == "cuda"
+            self.step_module = DistributedDataParallel(
+                step,
+                device_ids=[self.device.index or 0] if on_gpu else None,
+                find_unused_parameters=False,
+            )
         self.ranking_probe = ranking_probe
         self.average: ParameterAverage | None = None
         self.step = 0
@@ -107,69 +163,63 @@ class Trainer:
         self.task_monitors = task_monitors or {}
         self.task_states: dict[str, dict[str, torch.Tensor]] = {}
 
-    def train_epoch(self, data: TensorData, epoch: int) -> dict[str, float]:
+    def train_epoch(self, data: TrainingRows, epoch: int) -> dict[str, float]:
         """One pass over shuffled `data`; returns train/<task>_loss, weight/<task>,
         train/penalty and relation/<a>-<b> (the task relation matrix, every
         `relation_every` batches). The epoch's relation matrix and gate utilisation are
-        kept in `self.relations` / `self.gates`."""
+        kept in `self.relations` / `self.gates`. In a distributed run `data` is this
+        rank's rows and the returned losses and relations are means over ranks."""
         self.model.train()
         self.model.sharing.reset_gate_utilisation()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        sums = {name: torch.zeros(()) for name in self.tasks}
-        penalty_sum = torch.zeros(())
-        retrieval_sum = torch.zeros(())
-        relation_sum, n_relations = np.zeros((len(self.tasks),) * 2), 0
+        n_tasks = len(self.tasks)
+        sums = torch.zeros(n_tasks + 2, device=self.device)  # tasks, penalty, retrieval
+        relation_sum, n_relations = np.zeros((n_tasks,) * 2), 0
         every = self.cfg.relation_every
         weights: dict[str, float] = {}
         n_batches = 0
-        batches = data.shuffled(generator).batches(self.cfg.batch_size)
-        total_batches = -(-len(data) // self.cfg.batch_size)
+        batch_size = self.distributed.local_batch_size(self.cfg.batch_size)
         bar = tqdm(
-            batches,
-            total=total_batches,
+            data.epoch_batches(generator, batch_size),
+            total=-(-len(data) // batch_size),
             desc=f"epoch {epoch}",
             leave=False,
-            disable=not self.cfg.progress,
+            disable=not (self.cfg.progress and self.distributed.is_main),
             unit="batch",
         )
         for batch in bar:
-            users, items = self.model.encode(
-                batch.users, batch.items, batch.user_rows, batch.item_rows
-            )
-            outputs = self.model.forward_encoded(users, items)
-            log_p = self.model.log_probabilities(outputs)
-            losses = task_losses(outputs, log_p, batch.labels, self.tasks)
-            if every and n_batches % every == 0:
-                relation_sum += task_gradient_cosines(losses, (users, items))
+            batch = batch.to(self.device)
+            step: StepOutput = self.step_module(batch, bool(every and n_batches % every == 0))
+            if step.relation is not None:
+                relation_sum += step.relation
                 n_relations += 1
-            total, weights = self.weighting(losses, (users, items))
-            penalty = self.model.penalty()
-            if penalty is not None:
-                total = total + penalty
-                penalty_sum += penalty.detach()
-            if self.cfg.retrieval_loss_weight:
-                retrieval = self._retrieval_loss(batch, users, items)
-                total = total + self.cfg.retrieval_loss_weight * retrieval
-                retrieval_sum += retrieval.detach()
+            weights = step.weights
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            step.total.backward()
             self.optimizer.step()
             self.weighting.after_step(lambda batch=batch: self._losses(batch))
+            self.distributed.average_(self.weighting.synced_tensors())
             if self.average is not None:
                 self.average.update(self.model)
-            self._record_step(losses, weights)
-            for name, loss in losses.items():
-                sums[name] += loss.detach()
+            self._record_step(step.losses, weights)
+            sums[:n_tasks] += torch.stack([loss.detach() for loss in step.losses.values()])
+            if step.penalty is not None:
+                sums[n_tasks] += step.penalty.detach()
+            if step.retrieval is not None:
+                sums[n_tasks + 1] += step.retrieval.detach()
             n_batches += 1
         bar.close()
-        metrics = {f"train/{n}_loss": float(s) / max(n_batches, 1) for n, s in sums.items()}
-        metrics.update({f"weight/{n}": w for n, w in weights.items()})
-        metrics["train/penalty"] = float(penalty_sum) / max(n_batches, 1)
-        if self.cfg.retrieval_loss_weight:
-            metrics["train/retrieval_loss"] = float(retrieval_sum) / max(n_batches, 1)
+        means = self.distributed.sum_(sums) / (max(n_batches, 1) * self.distributed.world_size)
+        means = means.cpu().tolist()
         names = list(self.tasks)
+        metrics = {f"train/{n}_loss": means[i] for i, n in enumerate(names)}
+        metrics.update({f"weight/{n}": w for n, w in weights.items()})
+        metrics["train/penalty"] = means[n_tasks]
+        if self.cfg.retrieval_loss_weight:
+            metrics["train/retrieval_loss"] = means[n_tasks + 1]
         if n_relations:
-            relation = relation_sum / n_relations
+            relation = torch.from_numpy(relation_sum / n_relations)
+            relation = (self.distributed.sum_(relation) / self.distributed.world_size).numpy()
             self.relations[epoch] = relation.tolist()
             metrics.update(
                 {
@@ -180,7 +230,41 @@ class Trainer:
             )
         self.gates[epoch] = self.model.sharing.gate_utilisation()
         self.weighting.on_epoch_end({n: metrics[f"train/{n}_loss"] for n in self.tasks})
+        self._check_ranks_agree(epoch)
         return metrics
+
+    def _check_ranks_agree(self, epoch: int) -> None:
+        """In a distributed run every rank must hold the same parameters after each epoch
+        (averaged gradients, the same optimiser steps); a difference means they drifted
+        apart and the run's result would depend on which rank saved it."""
+        if not self.distributed.enabled:
+            return
+        with torch.no_grad():
+            total = sum(p.double().sum() for p in self.model.parameters())
+            spread = torch.stack([total, -total]).to(self.device)
+            self.distributed.max_(spread)
+        if float(spread[0] + spread[1]) != 0.0:
+            raise RuntimeError(
+                f"distributed ranks hold different parameters after epoch {epoch} "
+                f"(checksums {-float(spread[1])!r} .. {float(spread[0])!r})"
+            )
+
+    def _forward_step(self, batch: TensorData, measure_relation: bool) -> StepOutput:
+        """The batch's weighted multi-task loss (plus penalty and retrieval loss)."""
+        users, items = self.model.encode(batch.users, batch.items, batch.user_rows, batch.item_rows)
+        outputs = self.model.forward_encoded(users, items)
+        log_p = self.model.log_probabilities(outputs)
+        losses = task_losses(outputs, log_p, batch.labels, self.tasks)
+        relation = task_gradient_cosines(losses, (users, items)) if measure_relation else None
+        total, weights = self.weighting(losses, (users, items))
+        penalty = self.model.penalty()
+        if penalty is not None:
+            total = total + penalty
+        retrieval = None
+        if self.cfg.retrieval_loss_weight:
+            retrieval = self._retrieval_loss(batch, users, items)
+            total = total + self.cfg.retrieval_loss_weight * retrieval
+        return StepOutput(total, losses, weights, relation, penalty, retrieval)
 
     @torch.no_grad()
     def _losses(self, batch: TensorData) -> dict[str, torch.Tensor]:
@@ -241,7 +325,17 @@ class Trainer:
             score += weight * gain / total
         return score
 
-    def fit(self, train: TensorData, validation: TensorData) -> TrainingResult:
+    def _validated(self, validation: TensorData | None) -> dict[str, float]:
+        """Validation metrics, computed by rank 0 and sent to every rank (so early
+        stopping and model selection agree); other ranks may pass None."""
+        metrics = None
+        if self.distributed.is_main:
+            if validation is None:
+                raise ValueError("rank 0 needs the validation rows")
+            metrics = self.validate(validation)
+        return self.distributed.broadcast(metrics)
+
+    def fit(self, train: TrainingRows, validation: TensorData | None) -> TrainingResult:
         self._prepare()
         start = time.perf_counter()
         best_state, best_score, best_epoch, stale = None, None, 0, 0
@@ -251,7 +345,7 @@ class Trainer:
         for epoch in range(1, self.cfg.epochs + 1):
             metrics = self.train_epoch(train, epoch)
             with self._averaged():
-                metrics.update(self.validate(validation))
+                metrics.update(self._validated(validation))
             for monitor in [self.cfg.monitor, *self.task_monitors.values()]:
                 if monitor not in metrics:
                     known = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
@@ -274,7 +368,7 @@ class Trainer:
                     with self._averaged():
                         self.task_states[task] = copy.deepcopy(self.model.state_dict())
             self._checkpoint("last.pt", epoch)
-            if self.cfg.progress:
+            if self.cfg.progress and self.distributed.is_main:
                 shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/")}
                 tqdm.write(f"epoch {epoch}: {shown}")
             stale_tasks = [epoch - e >= self.cfg.patience for e in task_epochs.values()]
@@ -311,7 +405,7 @@ class Trainer:
         """Inside: the model carries its averaged parameters (when averaging is on)."""
         return self.average.applied(self.model) if self.average is not None else nullcontext()
 
-    def refit(self, data: TensorData, selected: TrainingResult) -> TrainingResult:
+    def refit(self, data: TrainingRows, selected: TrainingResult) -> TrainingResult:
         """Train this (fresh) model on `data` for `selected.best_epoch` epochs, with no
         validation; returns `selected`'s record with this run's time, relations and
         gates. With per-task epochs (`selected.task_epochs`) it trains until the last of
@@ -343,7 +437,7 @@ class Trainer:
         )
 
     def _checkpoint(self, name: str, epoch: int) -> None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or not self.distributed.is_main:
             return
         save_checkpoint(
             {

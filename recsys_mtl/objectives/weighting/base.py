@@ -45,6 +45,12 @@ class Weighting:
         """Learnable parameters the trainer optimises with the model."""
         return []
 
+    def synced_tensors(self) -> list[torch.Tensor]:
+        """State a strategy updates by itself from the batch (not by the trainer's
+        optimiser): a distributed run replaces it by its mean over ranks after each
+        step, so every rank weights the tasks alike."""
+        return []
+
     def after_step(self, recompute: Callable[[], Losses]) -> None:
         """Called after each optimiser step; `recompute()` gives the batch's losses under
         the updated model (no gradient). Only strategies that need it call it."""

@@ -65,6 +65,9 @@ class FamoWeighting(Weighting):
         self.logits.grad = grad
         self.optimizer.step()
 
+    def synced_tensors(self) -> list[torch.Tensor]:
+        return [self.logits]
+
     def state_dict(self) -> dict[str, Any]:
         return {"logits": self.logits.detach().clone(), "optimizer": self.optimizer.state_dict()}
 

@@ -68,6 +68,9 @@ class GradNormWeighting(Weighting):
             self.weights.clamp_(min=1e-3)
             self.weights.mul_(len(self.weights) / self.weights.sum())
 
+    def synced_tensors(self) -> list[torch.Tensor]:
+        return [self.weights]
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "weights": self.weights.detach().clone(),
