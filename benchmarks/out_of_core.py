@@ -128,7 +128,8 @@ def child(folder: Path, out: Path, in_memory: bool, bootstrap: int, baselines: l
                     k: round(v, 4)
                     for k, v in metrics.items()
                     if k.split("/")[-1] in ("click_auc", "purchase_auc", "rating_rmse", "recall@10")
-                    and "_ci_" not in k
+                    and k.count("/") == 1
+                    and k.split("/")[0] in ("test", "popularity", "item_mean")
                 },
                 "sample_rows": samples.height,
             }

@@ -151,6 +151,9 @@ class Trainer:
                 step,
                 device_ids=[self.device.index or 0] if on_gpu else None,
                 find_unused_parameters=False,
+                # The buffers are the side-feature tables and fixed offsets, the same on
+                # every rank: no need to re-send them from rank 0 before every step.
+                broadcast_buffers=False,
             )
         self.ranking_probe = ranking_probe
         self.average: ParameterAverage | None = None
