@@ -63,6 +63,8 @@ class Vocabulary:
         """Indices (N,) -> raw values; reserved slots decode to null."""
         indices = np.asarray(indices, dtype=np.int64)
         known = indices >= FIRST
+        if not len(self.values):  # nothing known (e.g. every value under min_count)
+            return pl.Series(self.values.name, [None] * len(indices), dtype=self.dtype)
         out = self.values.gather(np.where(known, indices - FIRST, 0))
         return out.set(pl.Series(~known), None) if (~known).any() else out
 
