@@ -245,11 +245,19 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return [*args.overrides, *([f"training.device={device}"] if device else [])]
 
 
+def _check_device(config: Any) -> None:
+    """A training device this machine lacks is an error before anything is written."""
+    from recsys_mtl.training.distributed import resolve_device
+
+    resolve_device(config.training.device)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from recsys_mtl.config import load_config
     from recsys_mtl.pipeline import Paths, run_pipeline
 
     config = load_config(args.pipeline, _overrides(args))
+    _check_device(config)
     with _tracker(config, "run") as tracker:
         summary = run_pipeline(config, tracker)
         if config.tracking.enabled and config.tracking.log_model:
@@ -356,6 +364,8 @@ def cmd_stage(args: argparse.Namespace) -> None:
     from recsys_mtl.features.pipeline import load_features
 
     config = load_config(args.pipeline, _overrides(args))
+    if args.command == "train":
+        _check_device(config)
     paths = stages.Paths(config.output_path)
     with _tracker(config, args.command) as tracker:
         if args.command == "features":

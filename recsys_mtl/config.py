@@ -530,7 +530,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     ):
         raise RecsysError(
             f"'{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}",
-            fix=f"give a {_type_name(tp)} value",
+            fix=f"give {_article(_type_name(tp))} {_type_name(tp)} value",
         )
     return value
 
@@ -750,6 +750,10 @@ def validate(config: PipelineConfig) -> None:
         )
     _require_positive([("training.stream_buffer_rows", config.training.stream_buffer_rows)])
     check_device(config.training.device)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def check_device(device: str) -> None:

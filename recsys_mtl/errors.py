@@ -21,7 +21,8 @@ class RecsysError(Exception):
             text += f" (in {self.where})"
         text += "."
         if self.fix:
-            text += f" Fix: {self.fix.rstrip('.')}."
+            fix = self.fix.rstrip(".")
+            text += f" Fix: {fix}" + ("" if fix.endswith(("?", "!")) else ".")
         return text
 
 

@@ -394,7 +394,88 @@ BAD_CASES = {
         "evaluate --input {inputs}/pairs.parquet --out {out}/report.json",
         "--model",
     ),
+    # the pipeline TOML
+    "toml syntax error": ("run {inputs}/syntax.toml --set pipeline.output_dir={out}/run", "TOML"),
+    "wrong type in toml": (
+        "run {inputs}/wrong_type.toml --set pipeline.output_dir={out}/run",
+        "'training.epochs' must be int",
+    ),
+    "misspelt section": (
+        "run {inputs}/bad_section.toml --set pipeline.output_dir={out}/run",
+        "did you mean 'training'?",
+    ),
+    "batch size zero": (
+        "run {pipeline} --set training.batch_size=0 --set pipeline.output_dir={out}/run",
+        "training.batch_size",
+    ),
+    "misspelt choice": (
+        "run {pipeline} --set features.split=per_user_temporl --set pipeline.output_dir={out}/run",
+        "did you mean 'per_user_temporal'?",
+    ),
+    "unknown device": (
+        "train {pipeline} --device gpu --set pipeline.output_dir={out}/run",
+        "unknown training.device 'gpu'",
+    ),
+    # data files, through the feature pipeline's validation
+    "unreadable parquet": (
+        "features {pipeline} --set source.kind=impressions "
+        "--set source.impressions.path={inputs}/garbage.parquet --set pipeline.output_dir={out}/f",
+        "garbage.parquet",
+    ),
+    "empty impressions": (
+        "features {pipeline} --set source.kind=impressions "
+        "--set source.impressions.path={inputs}/empty.parquet --set pipeline.output_dir={out}/f",
+        "no rows",
+    ),
+    "missing label column": (
+        "features {pipeline} --set source.kind=impressions "
+        "--set source.impressions.path={inputs}/missing_click.parquet "
+        "--set pipeline.output_dir={out}/f",
+        "'click' is missing",
+    ),
+    "purchase without click": (
+        "features {pipeline} --set source.kind=impressions "
+        "--set source.impressions.path={inputs}/purchase_no_click.parquet "
+        "--set pipeline.output_dir={out}/f",
+        "a purchase without a click",
+    ),
+    "label outside its domain": (
+        "features {pipeline} --set source.kind=impressions "
+        "--set source.impressions.path={inputs}/click_two.parquet "
+        "--set pipeline.output_dir={out}/f",
+        "outside {0, 1}",
+    ),
+    "text timestamps": (
+        "features {pipeline} --set source.kind=impressions "
+        "--set source.impressions.path={inputs}/text_time.parquet "
+        "--set pipeline.output_dir={out}/f",
+        "not a date-time",
+    ),
+    "rating off the scale": (
+        "features {pipeline} --set source.kind=impressions "
+        "--set source.impressions.path={inputs}/rating_eleven.parquet "
+        "--set features.rating_scale=[1,5] --set pipeline.output_dir={out}/f",
+        "outside the rating scale",
+    ),
+    # queries
+    "predict unreadable input": (
+        "predict --model {model} --input {inputs}/garbage.parquet --out {out}/p.parquet",
+        "garbage.parquet",
+    ),
+    "users file without user_id": (
+        "recommend --model {model} --users {inputs}/items_only.parquet --out {out}/r.parquet",
+        "user_id",
+    ),
+    "fusion weight for an unknown task": (
+        "recommend --model {model} --user 90 --fusion clicks=1 --out {out}/r.parquet",
+        "clicks",
+    ),
 }
+if not torch.cuda.is_available():
+    BAD_CASES["cuda without a GPU"] = (
+        "run {pipeline} --device cuda --set pipeline.output_dir={out}/run",
+        "sees no GPU",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -405,6 +486,35 @@ def bad_inputs(smoke: Smoke, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "typo.toml").write_text(text.replace("\nepochs = 3\n", "\nepoch = 3\n"))
     pl.DataFrame({"user_id": [90, 18]}).write_parquet(folder / "users_only.parquet")
     pl.DataFrame({"user_id": [90, 18], "item_id": [13, 37]}).write_parquet(folder / "pairs.parquet")
+    pl.DataFrame({"item_id": [13, 37]}).write_parquet(folder / "items_only.parquet")
+    (folder / "syntax.toml").write_text(text.replace("\n[training]\n", "\n[training\n"))
+    (folder / "wrong_type.toml").write_text(text.replace("\nepochs = 3\n", '\nepochs = "ten"\n'))
+    (folder / "bad_section.toml").write_text(text.replace("\n[training]\n", "\n[trainig]\n"))
+    (folder / "garbage.parquet").write_bytes(b"this is not a Parquet file")
+    impressions = pl.DataFrame(
+        {
+            "user_id": [1, 1, 2, 2],
+            "item_id": [10, 11, 10, 12],
+            "timestamp": [1, 2, 3, 4],
+            "click": [1, 0, 1, 1],
+            "purchase": [0, 0, 1, 0],
+            "rating": [None, None, 4.0, None],
+        }
+    )
+    impressions.head(0).write_parquet(folder / "empty.parquet")
+    impressions.drop("click").write_parquet(folder / "missing_click.parquet")
+    impressions.with_columns(purchase=pl.Series([0, 1, 1, 0])).write_parquet(
+        folder / "purchase_no_click.parquet"
+    )
+    impressions.with_columns(click=pl.Series([2, 0, 1, 1])).write_parquet(
+        folder / "click_two.parquet"
+    )
+    impressions.with_columns(timestamp=pl.Series(["1x", "2x", "3x", "4x"])).write_parquet(
+        folder / "text_time.parquet"
+    )
+    impressions.with_columns(rating=pl.Series([None, None, 11.0, None])).write_parquet(
+        folder / "rating_eleven.parquet"
+    )
     return folder
 
 
@@ -451,3 +561,43 @@ def test_console_script_reports_bad_config_without_traceback(
     assert done.stderr.startswith("recsys-mtl: error: unknown setting 'epoch'")
     assert "did you mean 'epochs'?" in done.stderr
     assert not output.exists()
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "phrase"),
+    [
+        ("source.impressions.path={inputs}/purchase_no_click.parquet", "without a click"),
+        ("training.monitor=val/nope", "val/nope"),  # fails after an epoch of training
+    ],
+)
+def test_a_failed_run_keeps_earlier_outputs_and_is_marked_failed_in_mlflow(
+    setting: str, phrase: str, smoke: Smoke, bad_inputs: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    output = tmp_path / "earlier"
+    shutil.copytree(smoke.output, output)
+    before = _hashes(output)
+    experiment = f"failing-{len(setting)}"
+    sets = [f"pipeline.output_dir={output}", f"tracking.experiment={experiment}"]
+    if "source." in setting:
+        sets.append("source.kind=impressions")
+    sets.append(setting.format(inputs=bad_inputs))
+    code, _, stderr = cli("run", smoke.pipeline, *[f"--set={s}" for s in sets])
+    assert code == 2 and phrase in stderr and "Traceback" not in stderr
+    # the features stage rebuilds the same features byte for byte; nothing else changed
+    assert _hashes(output) == before
+    client = mlflow.MlflowClient(smoke.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert phrase in runs[0].data.tags["error"]

@@ -3,6 +3,8 @@ that hold for every input, checked on many generated ones."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import polars as pl
 from hypothesis import HealthCheck, assume, given, settings
@@ -120,7 +122,7 @@ def test_ranking_metrics_are_bounded_and_monotone_in_k(data) -> None:
         for k in ks:
             values = per_user[f"{name}@{k}"][has_relevant]
             assert np.all((values >= 0) & (values <= 1 + 1e-12)), (name, k, values)
-    for k, bigger in zip(ks, ks[1:], strict=False):
+    for k, bigger in itertools.pairwise(ks):
         for name in ("recall", "hitrate", "mrr"):  # more positions never lose a hit
             assert np.all(
                 per_user[f"{name}@{bigger}"][has_relevant]
@@ -227,7 +229,7 @@ def test_global_time_split_is_one_cut_in_time(frame, fractions) -> None:
     )
     bounds = {row["split"]: (row["first"], row["last"]) for row in by_split.iter_rows(named=True)}
     present = sorted(bounds)
-    for earlier, later in zip(present, present[1:], strict=False):
+    for earlier, later in itertools.pairwise(present):
         assert bounds[earlier][1] < bounds[later][0]  # no timestamp on both sides
 
 
