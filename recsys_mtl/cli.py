@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
             "--device",
             help="train on this device: cpu, cuda, cuda:N or auto (sets training.device)",
         )
+        cmd.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue an interrupted run from its last checkpoint (checkpoints/last.pt), "
+            "in the same MLflow run; the result equals an uninterrupted run's",
+        )
     pipeline_command("index", "Build the FAISS index into the model bundle.")
     evaluate = pipeline_command(
         "evaluate",
@@ -211,14 +217,22 @@ def _print_index_quality(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _tracker(config: Any, stage: str) -> Iterator[Any]:
+def _tracker(config: Any, stage: str, resume: bool = False) -> Iterator[Any]:
+    """The stage's MLflow run; with `resume`, the run the last checkpoint was written in."""
+    from recsys_mtl.pipeline import Paths
     from recsys_mtl.tracking import MlflowTracker, NoopTracker
+    from recsys_mtl.training.trainer import read_checkpoint_run_id
 
     if not config.tracking.enabled:
         yield NoopTracker()
         return
     name = config.pipeline.name if stage == "run" else f"{config.pipeline.name}:{stage}"
-    with MlflowTracker(config.tracking.experiment, name, config.tracking.uri) as tracker:
+    previous = None
+    if resume:
+        previous = read_checkpoint_run_id(Paths(config.output_path).checkpoints / "last.pt")
+    with MlflowTracker(
+        config.tracking.experiment, name, config.tracking.uri, resume_run_id=previous
+    ) as tracker:
         tracker.set_tags({"stage": stage, "pipeline": config.pipeline.name})
         yield tracker
 
@@ -258,8 +272,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     config = load_config(args.pipeline, _overrides(args))
     _check_device(config)
-    with _tracker(config, "run") as tracker:
-        summary = run_pipeline(config, tracker)
+    with _tracker(config, "run", args.resume) as tracker:
+        summary = run_pipeline(config, tracker, resume=args.resume)
         if config.tracking.enabled and config.tracking.log_model:
             summary.model_uri = tracker.log_recommender(
                 Paths(config.output_path).model, config.tracking.registered_model
@@ -326,7 +340,7 @@ def cmd_train_distributed(args: argparse.Namespace) -> None:
     distributed = from_environment(device)
     try:
         with (
-            _tracker(config, "train")
+            _tracker(config, "train", args.resume)
             if distributed.is_main
             else contextlib.nullcontext(_noop_tracker())
         ) as tracker:
@@ -337,7 +351,9 @@ def cmd_train_distributed(args: argparse.Namespace) -> None:
                     stages.features_stage(config, tracker)
             distributed.barrier()
             features = load_features(paths.features)
-            _, result = stages.train_stage(config, features, tracker, distributed)
+            _, result = stages.train_stage(
+                config, features, tracker, distributed, resume=args.resume
+            )
             if distributed.is_main:
                 print(
                     f"trained on {distributed.world_size} processes: best epoch "
@@ -367,13 +383,14 @@ def cmd_stage(args: argparse.Namespace) -> None:
     if args.command == "train":
         _check_device(config)
     paths = stages.Paths(config.output_path)
-    with _tracker(config, args.command) as tracker:
+    resume = getattr(args, "resume", False)
+    with _tracker(config, args.command, resume) as tracker:
         if args.command == "features":
             features = stages.features_stage(config, tracker)
             print(f"features written to {paths.features}: {features.spec['rows']}")
         elif args.command == "train":
             features = load_features(paths.features)
-            _, result = stages.train_stage(config, features, tracker)
+            _, result = stages.train_stage(config, features, tracker, resume=resume)
             print(
                 f"trained: best epoch {result.best_epoch}, {config.training.monitor} = "
                 f"{result.best_score:.4f}; model bundle at {paths.model}"

@@ -15,6 +15,7 @@ import copy
 import gc
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,17 @@ def check_registered(config: PipelineConfig) -> None:
             raise RecsysError(f"unknown {key} '{value}'", fix=f"use one of {sorted(registry)}")
 
 
+def training_fingerprint(config: PipelineConfig, features_spec: dict[str, object]) -> str:
+    """sha256 of what decides a training run's result: the configuration (less tracking
+    and display settings) and the features' spec. A checkpoint resumes only a run with
+    the same fingerprint."""
+    settings = config.to_dict()
+    settings.pop("tracking", None)
+    settings.get("training", {}).pop("progress", None)
+    text = json.dumps({"config": settings, "features": features_spec}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def item_log_frequency(clicks: torch.Tensor) -> torch.Tensor:
     """log of each item's share of the training clicks (+1 smoothing), (n_items,), from
     the click count of each item index."""
@@ -148,6 +160,7 @@ def _trainer(
     ranking_probe: RankingProbe | None = None,
     task_monitors: dict[str, str] | None = None,
     distributed: Distributed = SINGLE,
+    fingerprint: str = "",
 ) -> Trainer:
     return Trainer(
         model,
@@ -162,6 +175,7 @@ def _trainer(
         task_monitors,
         distributed,
         resolve_device(config.training.device, distributed),
+        fingerprint,
     )
 
 
@@ -172,6 +186,7 @@ def _fit(
     checkpoints: Path | None,
     task_monitors: dict[str, str] | None = None,
     distributed: Distributed = SINGLE,
+    resume_from: Path | None = None,
 ) -> tuple[MultiTaskModel, TrainingResult, Trainer]:
     """Train on the training split with early stopping on validation; with
     `training.refit`, retrain a fresh model on both for the selected number of epochs.
@@ -200,11 +215,12 @@ def _fit(
             config.training.ranking_users,
             config.pipeline.seed,
         )
+    fingerprint = training_fingerprint(config, features.spec)
     trainer = _trainer(
-        config, model, inputs, tracker, checkpoints, probe, task_monitors, distributed
+        config, model, inputs, tracker, checkpoints, probe, task_monitors, distributed, fingerprint
     )
     try:
-        result = trainer.fit(inputs.rows, validation)
+        result = trainer.fit(inputs.rows, validation, resume_from)
     except ValueError as exc:
         raise RecsysError(str(exc), fix="set training.monitor to one of those names") from None
     if config.training.refit:
@@ -248,18 +264,30 @@ def train_stage(
     features: FeatureSet,
     tracker: Tracker | None = None,
     distributed: Distributed = SINGLE,
+    resume: bool = False,
 ) -> tuple[Recommender | None, TrainingResult]:
     """Train, save the bundle and the training record. In a distributed run every rank
     trains; rank 0 alone writes (checkpoints, bundle, record) and returns the
-    recommender, the other ranks return None."""
+    recommender, the other ranks return None. `resume`: continue from
+    checkpoints/last.pt (written after every epoch) when there is one; the result is
+    the one an uninterrupted run would have given."""
     features = features.without_test()  # protocol guard: training never sees the test split
     paths = Paths(config.output_path)
+    resume_from = None
+    if resume:
+        resume_from = paths.checkpoints / "last.pt"
+        if not resume_from.is_file():
+            logging.getLogger(__name__).warning(
+                "nothing to resume in %s: training starts from the beginning", paths.checkpoints
+            )
+            resume_from = None
     model, result, _ = _fit(
         config,
         features,
         tracker,
         paths.checkpoints if distributed.is_main else None,
         distributed=distributed,
+        resume_from=resume_from,
     )
     if not distributed.is_main:
         return None, result
@@ -521,17 +549,25 @@ def sample_queries(
     return recommender.recommend(users, k=k)
 
 
-def run_pipeline(config: PipelineConfig, tracker: Tracker | None = None) -> RunSummary:
-    """All stages in order; logs params, metrics and artifacts to `tracker`."""
+def run_pipeline(
+    config: PipelineConfig, tracker: Tracker | None = None, resume: bool = False
+) -> RunSummary:
+    """All stages in order; logs params, metrics and artifacts to `tracker`. `resume`:
+    reuse the features already written and continue training from its last
+    checkpoint (see `train_stage`)."""
     tracker = tracker or NoopTracker()
     tracker.log_params(config.flat_params())
-    features = features_stage(config, tracker)
+    folder = Paths(config.output_path).features
+    if resume and (folder / "spec.json").is_file():
+        features = load_features(folder)
+    else:
+        features = features_stage(config, tracker)
     if features.spec["rows"]["train"] > config.training.in_memory_rows:
         # Out of core: free the frames; training streams its rows from the shards and
         # later stages read only the splits and columns they use.
         features = load_features(Paths(config.output_path).features)
         gc.collect()
-    recommender, result = train_stage(config, features, tracker)
+    recommender, result = train_stage(config, features, tracker, resume=resume)
     assert recommender is not None
     index_stage(config, recommender, tracker)
     metrics = evaluate_stage(config, recommender, features, tracker)

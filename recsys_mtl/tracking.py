@@ -77,7 +77,16 @@ def _clean_metrics(metrics: dict[str, float]) -> dict[str, float]:
 class MlflowTracker:
     """Logs one MLflow run; use as a context manager (the run ends FAILED on an error)."""
 
-    def __init__(self, experiment: str, run_name: str, uri: str = "", nested: bool = False) -> None:
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str,
+        uri: str = "",
+        nested: bool = False,
+        resume_run_id: str | None = None,
+    ) -> None:
+        """`resume_run_id`: continue that run (a resumed training); when the store does
+        not have it, a new run is started and tagged `resumed_from` = that id."""
         import mlflow
 
         self._mlflow = mlflow
@@ -90,11 +99,24 @@ class MlflowTracker:
         mlflow.set_experiment(experiment)
         self.run_name = run_name
         self.nested = nested
+        self.resume_run_id = resume_run_id
         self.run_id: str | None = None
+        self._logged_params: dict[str, str] = {}  # of a continued run
 
     def __enter__(self) -> MlflowTracker:
+        if self.resume_run_id:
+            try:
+                run = self._mlflow.start_run(run_id=self.resume_run_id)
+                self.run_id = run.info.run_id
+                self._logged_params = dict(run.data.params)
+                self._mlflow.set_tag("resumed", "true")
+                return self
+            except self._mlflow.exceptions.MlflowException:
+                pass  # not in this store: a new run, linked below
         run = self._mlflow.start_run(run_name=self.run_name, nested=self.nested)
         self.run_id = run.info.run_id
+        if self.resume_run_id:
+            self._mlflow.set_tag("resumed_from", self.resume_run_id)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -103,7 +125,21 @@ class MlflowTracker:
         self._mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self._mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        """Log `params`; in a continued run, those it already has are skipped and a
+        changed value is refused (MLflow parameters are write-once)."""
+        values = {k: str(v)[:6000] for k, v in params.items()}
+        changed = sorted(k for k, v in values.items() if self._logged_params.get(k, v) != v)
+        if changed:
+            key = changed[0]
+            raise RecsysError(
+                f"the resumed MLflow run {self.run_id} has {key} = "
+                f"'{self._logged_params[key]}' but this run has '{values[key]}'",
+                fix="resume with the configuration of the interrupted run, or run "
+                "without --resume to start over",
+            )
+        new = {k: v for k, v in values.items() if k not in self._logged_params}
+        if new:
+            self._mlflow.log_params(new)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._mlflow.log_metrics(_clean_metrics(metrics), step=step)

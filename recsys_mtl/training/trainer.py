@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from recsys_mtl.atomic import atomic_path
 from recsys_mtl.config import TaskConfig, TrainingSection
+from recsys_mtl.errors import RecsysError
 from recsys_mtl.evaluation.evaluate import (
     metric_higher_is_better,
     metric_is_better,
@@ -82,6 +84,34 @@ class _StepModule(torch.nn.Module):
         return self._step(batch, measure_relation)
 
 
+@dataclass
+class FitProgress:
+    """Where an early-stopped fit stands after `epoch` epochs (saved in `last.pt`)."""
+
+    epoch: int = 0
+    finished: bool = False
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score: float | None = None
+    best_epoch: int = 0
+    stale: int = 0
+    task_best: dict[str, float] = field(default_factory=dict)
+    task_epochs: dict[str, int] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "finished": self.finished,
+            "best_state": self.best_state,
+            "best_score": None if self.best_score is None else float(self.best_score),
+            "best_epoch": self.best_epoch,
+            "stale": self.stale,
+            "task_best": _plain(self.task_best),
+            "task_epochs": dict(self.task_epochs),
+            "history": _plain(self.history),
+        }
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary file beside `path`, then rename."""
     with atomic_path(path) as tmp:
@@ -105,6 +135,7 @@ class Trainer:
         task_monitors: dict[str, str] | None = None,
         distributed: Distributed = SINGLE,
         device: torch.device | str = "cpu",
+        fingerprint: str = "",
     ) -> None:
         """`item_log_frequency` (n_items,): log click frequency of each item in training,
         the correction of the in-batch retrieval loss (`training.retrieval_loss_weight`);
@@ -122,6 +153,7 @@ class Trainer:
         `device`: where the model and batches live during training ("cpu", "cuda")."""
         self.device = torch.device(device)
         self.distributed = distributed
+        self.fingerprint = fingerprint  # of the configuration and features (resume check)
         self.model = model.to(self.device)
         for tensor in [*weighting.parameters(), *weighting.synced_tensors()]:
             tensor.data = tensor.data.to(self.device)
@@ -338,14 +370,23 @@ class Trainer:
             metrics = self.validate(validation)
         return self.distributed.broadcast(metrics)
 
-    def fit(self, train: TrainingRows, validation: TensorData | None) -> TrainingResult:
+    def fit(
+        self,
+        train: TrainingRows,
+        validation: TensorData | None,
+        resume_from: Path | None = None,
+    ) -> TrainingResult:
+        """Train with early stopping on `validation`. `resume_from`: a `last.pt` written
+        by an earlier, interrupted fit of the same configuration; training goes on from
+        the end of its epoch exactly as if it had never stopped (bitwise on CPU)."""
         self._prepare()
         start = time.perf_counter()
-        best_state, best_score, best_epoch, stale = None, None, 0, 0
-        task_best: dict[str, float] = {}
-        task_epochs: dict[str, int] = {}
-        history = []
-        for epoch in range(1, self.cfg.epochs + 1):
+        progress = FitProgress()
+        if resume_from is not None:
+            progress = self._restore(resume_from)
+        for epoch in range(progress.epoch + 1, self.cfg.epochs + 1):
+            if progress.finished:
+                break
             metrics = self.train_epoch(train, epoch)
             with self._averaged():
                 metrics.update(self._validated(validation))
@@ -354,42 +395,78 @@ class Trainer:
                     known = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
                     raise ValueError(f"training.monitor '{monitor}' is not one of: {known}")
             score = metrics[self.cfg.monitor]
-            history.append({"epoch": epoch, **metrics})
+            progress.history.append({"epoch": epoch, **metrics})
             self.tracker.log_metrics(metrics, step=epoch)
-            if best_score is None or metric_is_better(self.cfg.monitor, score, best_score):
+            best = progress.best_score
+            if best is None or metric_is_better(self.cfg.monitor, score, best):
                 with self._averaged():
-                    best_state = copy.deepcopy(self.model.state_dict())
+                    progress.best_state = copy.deepcopy(self.model.state_dict())
                     self._checkpoint("best.pt", epoch)
-                best_score, best_epoch, stale = score, epoch, 0
+                progress.best_score, progress.best_epoch, progress.stale = score, epoch, 0
             else:
-                stale += 1
+                progress.stale += 1
             for task, monitor in self.task_monitors.items():
-                if task not in task_best or metric_is_better(
-                    monitor, metrics[monitor], task_best[task]
+                if task not in progress.task_best or metric_is_better(
+                    monitor, metrics[monitor], progress.task_best[task]
                 ):
-                    task_best[task], task_epochs[task] = metrics[monitor], epoch
+                    progress.task_best[task] = metrics[monitor]
+                    progress.task_epochs[task] = epoch
                     with self._averaged():
                         self.task_states[task] = copy.deepcopy(self.model.state_dict())
-            self._checkpoint("last.pt", epoch)
+            stale_tasks = [epoch - e >= self.cfg.patience for e in progress.task_epochs.values()]
+            progress.epoch = epoch
+            progress.finished = progress.stale >= self.cfg.patience and all(stale_tasks)
+            self._checkpoint("last.pt", epoch, progress)
             if self.cfg.progress and self.distributed.is_main:
                 shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/")}
                 tqdm.write(f"epoch {epoch}: {shown}")
-            stale_tasks = [epoch - e >= self.cfg.patience for e in task_epochs.values()]
-            if stale >= self.cfg.patience and all(stale_tasks):
-                break
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
+        if progress.best_state is not None:
+            self.model.load_state_dict(progress.best_state)
         return TrainingResult(
-            best_epoch,
-            float(best_score or 0.0),
-            history,
+            progress.best_epoch,
+            float(progress.best_score or 0.0),
+            progress.history,
             time.perf_counter() - start,
             list(self.tasks),
             self.relations,
             self.gates,
             self.steps,
-            task_epochs,
+            progress.task_epochs,
         )
+
+    def _restore(self, path: Path) -> FitProgress:
+        """Model, optimiser, weighting, averages, logs, random state and the selection
+        so far from `last.pt` (read with weights_only: tensors and plain values only)."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:
+            raise RecsysError(
+                f"cannot read the checkpoint '{path}': {exc}",
+                fix="run without --resume to start training over",
+            ) from None
+        if state.get("fingerprint") != self.fingerprint:
+            raise RecsysError(
+                f"the checkpoint '{path}' was written for another configuration or other "
+                "features than this run's",
+                fix="resume with the configuration that wrote it, or run without --resume "
+                "to start over",
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.weighting.load_state_dict(state["weighting"])
+        if self.average is not None:
+            self.average.steps = state["average"]["steps"]
+            self.average.shadow = state["average"]["shadow"]
+        trainer = state["trainer"]
+        self.step = trainer["step"]
+        self.smoothed = trainer["smoothed"]
+        self.steps = trainer["steps"]
+        self.relations = {int(k): v for k, v in trainer["relations"].items()}
+        self.gates = {int(k): v for k, v in trainer["gates"].items()}
+        self.reference = trainer["reference"]
+        self.task_states = trainer["task_states"]
+        torch.set_rng_state(state["rng"].cpu())
+        return FitProgress(**state["progress"])
 
     def _prepare(self) -> None:
         """Threads, float mode and the seed every training run starts from."""
@@ -439,15 +516,54 @@ class Trainer:
             selected.task_epochs,
         )
 
-    def _checkpoint(self, name: str, epoch: int) -> None:
+    def _checkpoint(self, name: str, epoch: int, progress: FitProgress | None = None) -> None:
+        """Write `name` (atomically). With `progress` it holds all a resumed fit needs."""
         if self.checkpoint_dir is None or not self.distributed.is_main:
             return
-        save_checkpoint(
-            {
-                "epoch": epoch,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "weighting": self.weighting.state_dict(),
-            },
-            self.checkpoint_dir / name,
-        )
+        state: dict[str, Any] = {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "weighting": self.weighting.state_dict(),
+        }
+        if progress is not None:
+            state.update(
+                {
+                    "fingerprint": self.fingerprint,
+                    "run_id": self.tracker.run_id,
+                    "average": (
+                        {"steps": self.average.steps, "shadow": self.average.shadow}
+                        if self.average is not None
+                        else None
+                    ),
+                    "trainer": {
+                        "step": self.step,
+                        "smoothed": _plain(self.smoothed),
+                        "steps": _plain(self.steps),
+                        "relations": _plain(self.relations),
+                        "gates": _plain(self.gates),
+                        "reference": _plain(self.reference),
+                        "task_states": self.task_states,
+                    },
+                    "progress": progress.to_state(),
+                    "rng": torch.get_rng_state(),
+                }
+            )
+        save_checkpoint(state, self.checkpoint_dir / name)
+
+
+def _plain(value: Any) -> Any:
+    """Python floats, ints, strings, lists and dicts only (what weights_only loading
+    accepts): numpy scalars become floats, dict keys strings."""
+    return json.loads(json.dumps(value, default=float))
+
+
+def read_checkpoint_run_id(path: Path) -> str | None:
+    """The MLflow run id a resumable checkpoint was written under (None without one)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return state.get("run_id") if isinstance(state, dict) else None
