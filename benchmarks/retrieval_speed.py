@@ -26,9 +26,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -131,44 +128,22 @@ def api_part(bundle: Path, n: int) -> tuple[dict, list[int]]:
 def rest_part(bundle: Path, users: list[int]) -> dict:
     import requests
 
+    from recsys_mtl.model_server import local_model_server
     from recsys_mtl.serving import save_pyfunc_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = save_pyfunc_model(bundle, Path(tmp) / "model")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        bin_dir = Path(sys.executable).parent
-        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-        command = [str(bin_dir / "mlflow"), "models", "serve", "-m", str(model)]
-        command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-        server = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(360):
-                try:
-                    if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    time.sleep(0.5)
+        with local_model_server(str(model)) as server:
             session = requests.Session()
+            url = f"{server.url}/invocations"
             body = {"dataframe_records": [{"user_id": users[0]}], "params": {"k": 10}}
-            session.post(f"{url}/invocations", json=body, timeout=30).raise_for_status()
+            session.post(url, json=body, timeout=30).raise_for_status()
             seconds = []
             for user in users:
                 body = {"dataframe_records": [{"user_id": user}], "params": {"k": 10}}
                 start = time.perf_counter()
-                session.post(f"{url}/invocations", json=body, timeout=30).raise_for_status()
+                session.post(url, json=body, timeout=30).raise_for_status()
                 seconds.append(time.perf_counter() - start)
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
     return _percentiles(seconds)
 
 

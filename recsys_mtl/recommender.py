@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -636,7 +637,16 @@ class Recommender:
         transform = FeatureTransform.load(folder / "transform")
         model = model_from_metadata(transform, metadata)
         try:
-            model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+            weights = torch.load(folder / "model.pt", weights_only=True)
+        except pickle.UnpicklingError:
+            raise RecsysError(
+                "bundle file 'model.pt' holds objects that are not plain tensors; it is "
+                "refused (unpickling them could run code)",
+                where=str(folder),
+                fix="use a bundle written by `recsys-mtl train`, or retrain the model",
+            ) from None
+        try:
+            model.load_state_dict(weights)
         except RuntimeError as exc:  # parameter names or shapes of another version
             raise RecsysError(
                 f"the model weights do not fit this version's architecture: "

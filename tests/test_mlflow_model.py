@@ -6,13 +6,8 @@ SQLite MLflow store); the logged model is loaded once with mlflow.pyfunc.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +22,7 @@ from mlflow.types import DataType
 
 import mlflow
 from recsys_mtl.data.impressions import read_table
+from recsys_mtl.model_server import local_model_server
 from recsys_mtl.recommender import Recommender
 
 pytestmark = pytest.mark.slow
@@ -229,56 +225,16 @@ def test_pipeline_failure_marks_the_mlflow_run_failed(logged: Logged, tmp_path: 
 # ---------------------------------------------------------------------------- REST serving
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(logged: Logged, isolated_mlflow: str) -> Iterator[str]:
     """`mlflow models serve` on 127.0.0.1 for the logged model; stopped afterwards."""
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent
     env = {
-        **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{logged.root / 'mlflow' / 'mlflow.db'}",
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         "OMP_NUM_THREADS": "1",
     }
-    log = (logged.root / "serve.log").open("w")
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", logged.model_uri]
-    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(
-        command,
-        cwd=logged.root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                raise AssertionError((logged.root / "serve.log").read_text())
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, (logged.root / "serve.log").read_text()
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+    log = logged.root / "serve.log"
+    with local_model_server(logged.model_uri, env=env, log=log, cwd=logged.root) as server:
+        yield server.url
 
 
 def _invoke(url: str, payload: dict[str, Any]) -> requests.Response:
@@ -347,20 +303,79 @@ def test_rest_params_weights_and_exclusions(
     pd.testing.assert_frame_equal(answered, expected, check_dtype=False, rtol=1e-5)
 
 
-def test_rest_malformed_requests_get_400_and_the_server_stays_up(served: str) -> None:
-    bad_k = _invoke(served, {"dataframe_records": [{"user_id": 1}], "params": {"k": 0}})
-    assert bad_k.status_code == 400
-    assert "k must be positive" in bad_k.json()["message"]
-    bad_mode = _invoke(
-        served, {"dataframe_records": [{"user_id": 1}], "params": {"fusion_mode": "max"}}
+# name -> (request body, sent as JSON or as raw bytes, a phrase of the answer's message)
+MALFORMED_REQUESTS: dict[str, tuple[Any, bool, str]] = {
+    "k = 0": ({"dataframe_records": [{"user_id": 1}], "params": {"k": 0}}, True, "k must be"),
+    "k < 0": ({"dataframe_records": [{"user_id": 1}], "params": {"k": -3}}, True, "k must be"),
+    "k not a number": (
+        {"dataframe_records": [{"user_id": 1}], "params": {"k": "ten"}},
+        True,
+        "k",
+    ),
+    "unknown fusion mode": (
+        {"dataframe_records": [{"user_id": 1}], "params": {"fusion_mode": "max"}},
+        True,
+        "fusion mode",
+    ),
+    "text user id": ({"dataframe_records": [{"user_id": "not-a-number"}]}, True, "user_id"),
+    "not JSON": (b'{"dataframe_records": [{"user_id": 1}', False, ""),
+    "no dataframe_records": ({"rows": [{"user_id": 1}]}, True, ""),
+    "no user_id column": ({"dataframe_records": [{"customer": 1}]}, True, "user_id"),
+    "records not a list": ({"dataframe_records": {"user_id": 1}}, True, ""),
+    "a JSON list": ([{"user_id": 1}], True, ""),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_REQUESTS))
+def test_rest_malformed_requests_get_4xx_with_a_message_and_the_server_stays_up(
+    served: str, name: str
+) -> None:
+    body, is_json, phrase = MALFORMED_REQUESTS[name]
+    send: dict[str, Any] = {"json": body} if is_json else {"data": body}
+    response = requests.post(
+        f"{served}/invocations",
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+        **send,
     )
-    assert bad_mode.status_code == 400 and "fusion mode" in bad_mode.json()["message"]
-    wrong_type = _invoke(served, {"dataframe_records": [{"user_id": "not-a-number"}]})
-    assert 400 <= wrong_type.status_code < 500
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    message = response.json()["message"]
+    assert phrase in message
+    assert "Traceback" not in message
     assert requests.get(f"{served}/ping", timeout=5).status_code == 200
     ok = _invoke(served, {"dataframe_records": [{"user_id": UNKNOWN_USER}], "params": {"k": 2}})
     assert ok.status_code == 200
     assert [r["source"] for r in ok.json()["predictions"]] == ["popularity"] * 2
+
+
+def test_concurrent_clients_get_the_sequential_answers(served: str, users: list[int]) -> None:
+    """8 clients at once, good and malformed requests mixed: each good request gets the
+    answer it gets alone, each malformed one a 400, and the server stays up."""
+    asked = [*users[:6], UNKNOWN_USER]
+    alone = {u: _invoke(served, {"dataframe_records": [{"user_id": u}]}).json() for u in asked}
+    bad = {"dataframe_records": [{"user_id": 1}], "params": {"k": 0}}
+
+    def client(offset: int) -> list[tuple[Any, int, Any]]:
+        session = requests.Session()
+        answers = []
+        for i in range(12):
+            user = asked[(offset + i) % len(asked)]
+            payload = bad if i % 4 == 3 else {"dataframe_records": [{"user_id": user}]}
+            response = session.post(f"{served}/invocations", json=payload, timeout=60)
+            answers.append(
+                (None if payload is bad else user, response.status_code, response.json())
+            )
+        return answers
+
+    with ThreadPoolExecutor(8) as pool:
+        results = [a for answers in pool.map(client, range(8)) for a in answers]
+    assert len(results) == 96
+    for user, status, body in results:
+        if user is None:
+            assert status == 400 and "k must be" in body["message"]
+        else:
+            assert status == 200 and body == alone[user]
+    assert requests.get(f"{served}/ping", timeout=5).status_code == 200
 
 
 def test_the_logged_model_is_code_not_a_pickle(logged: Logged) -> None:

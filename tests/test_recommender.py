@@ -4,6 +4,7 @@ re-ranking, unknown ids, persistence with integrity checks, and predict()."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -258,6 +259,35 @@ def test_corrupted_model_file_is_refused(trained, tmp_path: Path) -> None:
     assert str(folder) in str(info.value)
     with pytest.raises(RecsysError, match=r"no manifest\.json"):
         Recommender.load(tmp_path / "nothing")
+
+
+class _Payload:
+    """A pickle that runs code when unpickled: it would create the file `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))
+
+
+def test_a_bundle_with_a_code_running_pickle_is_refused_without_running_it(
+    trained, tmp_path: Path
+) -> None:
+    """model.pt replaced by a pickle that runs code, with the manifest's hash updated to
+    match (as a tampered bundle would be): loading refuses it and runs nothing."""
+    config, _, _ = trained
+    folder = tmp_path / "bundle"
+    shutil.copytree(Paths(config.output_path).model, folder)
+    marker = tmp_path / "code-ran"
+    torch.save({"weights": _Payload(marker)}, folder / "model.pt")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["model.pt"] = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RecsysError, match=r"model\.pt.*not plain tensors") as info:
+        Recommender.load(folder)
+    assert str(folder) in str(info.value)
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------------------- predict inputs
