@@ -16,6 +16,11 @@ per-step bookkeeping. Targets: trainer >= 3x dataloader and >= 85% of the tight 
 
     .venv/bin/python benchmarks/training_throughput.py            # batch 1024 and 4096
     .venv/bin/python benchmarks/training_throughput.py --batch 1024
+    .venv/bin/python benchmarks/training_throughput.py --device cuda --name training_throughput_gpu
+
+On a GPU the tight loop keeps the whole training set on the device, the DataLoader
+copies each batch there, and the trainer does what `recsys-mtl train --device cuda`
+does.
 
 Writes benchmarks/results/training_throughput.{json,md}. Run it alone on the machine.
 """
@@ -113,36 +118,45 @@ def _step(model: Any, optimizer: Any, tasks: Any, batch: TensorData) -> None:
     optimizer.step()
 
 
-def _fresh(config: Any, features: Any, train: TensorData) -> tuple[Any, Any]:
+def _fresh(config: Any, features: Any, train: TensorData, device: torch.device) -> tuple[Any, Any]:
     torch.manual_seed(0)
     model = build_model(features.transform, config.model, config.tasks, train.label_means())
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.training.learning_rate)
     return model.train(), optimizer
 
 
-def run_trainer(config: Any, features: Any, train: TensorData) -> float:
-    model, _ = _fresh(config, features, train)
+def _seconds_since(start: float, device: torch.device) -> float:
+    """Wall time since `start`, once the device has finished the queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def run_trainer(config: Any, features: Any, train: TensorData, device: torch.device) -> float:
+    model, _ = _fresh(config, features, train, device)
     weighting = WEIGHTING["static"](config.tasks, config.objectives)
-    trainer = Trainer(model, config.tasks, weighting, config.training, 0)
+    trainer = Trainer(model, config.tasks, weighting, config.training, 0, device=device)
     start = time.perf_counter()
     trainer.train_epoch(train, 1)
-    return len(train) / (time.perf_counter() - start)
+    return len(train) / _seconds_since(start, device)
 
 
-def run_tight(config: Any, features: Any, train: TensorData) -> float:
-    model, optimizer = _fresh(config, features, train)
+def run_tight(config: Any, features: Any, train: TensorData, device: torch.device) -> float:
+    model, optimizer = _fresh(config, features, train, device)
     size = config.training.batch_size
+    data = train.to(device)
     start = time.perf_counter()
-    order = torch.randperm(len(train))
-    for lo in range(0, len(train), size):
-        _step(model, optimizer, config.tasks, train.take(order[lo : lo + size]))
-    return len(train) / (time.perf_counter() - start)
+    order = torch.randperm(len(data), device=device)
+    for lo in range(0, len(data), size):
+        _step(model, optimizer, config.tasks, data.take(order[lo : lo + size]))
+    return len(data) / _seconds_since(start, device)
 
 
-def run_dataloader(config: Any, features: Any, train: TensorData) -> float:
+def run_dataloader(config: Any, features: Any, train: TensorData, device: torch.device) -> float:
     from recsys_mtl.model.embeddings import RowInputs
 
-    model, optimizer = _fresh(config, features, train)
+    model, optimizer = _fresh(config, features, train, device)
     loader = DataLoader(RowDataset(train), batch_size=config.training.batch_size, shuffle=True)
     start = time.perf_counter()
     for rows in loader:
@@ -153,8 +167,8 @@ def run_dataloader(config: Any, features: Any, train: TensorData) -> float:
             RowInputs(rows["item_cat"], rows["item_num"], rows["item_lists"]),
             rows["labels"],
         )
-        _step(model, optimizer, config.tasks, batch)
-    return len(train) / (time.perf_counter() - start)
+        _step(model, optimizer, config.tasks, batch.to(device))
+    return len(train) / _seconds_since(start, device)
 
 
 def main() -> None:
@@ -167,8 +181,10 @@ def main() -> None:
     parser.add_argument(
         "--ways", nargs="+", default=["trainer", "tight_loop", "dataloader"], help="what to run"
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--name", default="training_throughput")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,7 +200,7 @@ def main() -> None:
             ):
                 if name not in args.ways:
                     continue
-                row[name] = max(run(config, features, train) for _ in range(args.repeats))
+                row[name] = max(run(config, features, train, device) for _ in range(args.repeats))
                 print(f"batch {batch_size} {name}: {row[name]:,.0f} samples/s", flush=True)
             if {"trainer", "dataloader", "tight_loop"} <= set(row):
                 row["vs_dataloader"] = row["trainer"] / row["dataloader"]
@@ -194,13 +210,16 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "command": "python benchmarks/training_throughput.py " + " ".join(sys.argv[1:]),
         "torch_threads": torch.get_num_threads(),
+        "device": str(device)
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "rows": rows,
     }
     lines = [
         f"# Training throughput (MMoE, dim {args.dim}, 4 experts x 64, towers 32, three "
         f"tasks; {args.users:,} users x {args.items:,} items)",
         "",
-        f"Machine: {result['machine']}, torch threads {result['torch_threads']}. "
+        f"Machine: {result['machine']}, torch threads {result['torch_threads']}, "
+        f"device {result['device']}. "
         f"Command: `{result['command']}`. Best of {args.repeats} epochs per way.",
         "",
         "| batch | trainer samples/s | tight loop | DataLoader | trainer / DataLoader "
