@@ -18,6 +18,8 @@ from recsys_mtl.evaluation.metrics import (
     ranking_metrics,
     rmse,
 )
+from recsys_mtl.features import lookup
+from recsys_mtl.features.lookup import KeyPositions
 from recsys_mtl.features.split import SPLIT_NAMES, TRAIN, assign_split
 from recsys_mtl.features.vocab import FIRST, UNKNOWN, Vocabulary
 from recsys_mtl.training.distributed import Distributed
@@ -252,3 +254,35 @@ def test_rank_shares_partition_the_rows_with_equal_lengths(rows, world) -> None:
         for a, b in share:
             covered[a:b] += 1
     assert (covered >= 1).all() and covered.sum() - rows < world
+
+
+# ---------------------------------------------------------------------------- key lookups
+
+key_values = st.one_of(
+    st.lists(st.integers(-50, 50), unique=True, max_size=60).map(
+        lambda v: pl.Series(v, dtype=pl.Int64)
+    ),
+    st.lists(st.text(max_size=3), unique=True, max_size=60).map(
+        lambda v: pl.Series(v, dtype=pl.String)
+    ),
+)
+
+
+@SETTINGS
+@given(key_values, st.data())
+def test_key_positions_by_search_and_by_join_equal_a_dictionary(
+    keys: pl.Series, data: st.DataObject
+) -> None:
+    """Both ways of finding ids (binary search for a few, hash join for many) give each
+    id's position in the keys, and null for ids not there and for null ids."""
+    others = [7_777] if keys.dtype == pl.Int64 else ["not-a-key"]
+    pool = [*keys.to_list(), *others, None]
+    asked = pl.Series(data.draw(st.lists(st.sampled_from(pool), max_size=30)), dtype=keys.dtype)
+    where = {key: row for row, key in enumerate(keys.to_list())}
+    expected = [where.get(value) if value is not None else None for value in asked.to_list()]
+    for share in (0.0, float("inf")):  # always join, always search
+        lookup.SEARCH_BELOW_SHARE = share
+        try:
+            assert KeyPositions(keys).positions(asked).to_list() == expected
+        finally:
+            lookup.SEARCH_BELOW_SHARE = 1 / 16

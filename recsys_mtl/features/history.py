@@ -23,6 +23,7 @@ import polars as pl
 
 from recsys_mtl.atomic import write_json_atomic
 from recsys_mtl.features.columns import ColumnSpec
+from recsys_mtl.features.lookup import KeyPositions
 from recsys_mtl.features.temporal import RECENCY_SIZE, recency_index
 from recsys_mtl.features.vocab import PAD, write_parquet_atomic
 
@@ -270,8 +271,14 @@ class HistoryTransform:
 
     def __init__(self, spec: HistorySpec, users: pl.DataFrame, items: pl.DataFrame) -> None:
         self.spec = spec
-        self.users = users  # user_id, aggregates, last_time[, recent_items]
-        self.items = items  # item_id, aggregates, last_time
+        # One chunk each: gathering a few rows from a chunked Array column costs a
+        # pass over the whole column (3 ms per request at 1M users, measured).
+        self.users = users.rechunk()  # user_id, aggregates, last_time[, recent_items]
+        self.items = items.rechunk()  # item_id, aggregates, last_time
+        self._positions = {
+            "user": KeyPositions(self.users["user_id"]),
+            "item": KeyPositions(self.items["item_id"]),
+        }
 
     # ------------------------------------------------------------------ fitting
 
@@ -377,12 +384,9 @@ class HistoryTransform:
         """Raw serving-state aggregates for ids (unknown ids: nothing known)."""
         key = f"{prefix}_id"
         table = self.users if prefix == "user" else self.items
-        joined = pl.DataFrame({key: ids}).join(
-            table.with_columns(pl.col(key).cast(ids.dtype)),
-            on=key,
-            how="left",
-            maintain_order="left",
-        )
+        # ids that cannot be the state's key type (text for integer ids) are unknown
+        rows = self._positions[prefix].positions(ids.cast(table.schema[key], strict=False))
+        joined = table.select(pl.all().gather(rows)).with_columns(ids.alias(key))
         extra = [c for c in (RECENT_RATING_SUM, RECENT_RATED) if c in joined.columns]
         return joined.with_columns(pl.col(a).fill_null(0) for a in (*AGGREGATES, *extra))
 

@@ -9,6 +9,7 @@ import polars as pl
 
 from recsys_mtl.atomic import atomic_path
 from recsys_mtl.errors import RecsysError
+from recsys_mtl.features.lookup import KeyPositions
 
 PAD = 0
 UNKNOWN = 1
@@ -25,9 +26,7 @@ class Vocabulary:
     def __init__(self, values: pl.Series, name: str) -> None:
         self.name = name
         self.values = values.rename("value")
-        self._table = pl.DataFrame(
-            {"value": self.values, "index": np.arange(FIRST, FIRST + len(values), dtype=np.int32)}
-        )
+        self._positions = KeyPositions(self.values)
 
     @classmethod
     def fit(cls, values: pl.Series, name: str, min_count: int = 1) -> Vocabulary:
@@ -51,13 +50,8 @@ class Vocabulary:
 
     def encode(self, values: pl.Series, where: str = "input") -> pl.Series:
         """Raw values (N,) -> Int32 indices (N,); unknown and null values map to 1."""
-        values = self.cast(values, where)
-        encoded = (
-            pl.DataFrame({"value": values})
-            .join(self._table, on="value", how="left", maintain_order="left")
-            .get_column("index")
-        )
-        return encoded.fill_null(UNKNOWN).rename(self.name)
+        rows = self._positions.positions(self.cast(values, where))
+        return (rows.cast(pl.Int32) + FIRST).fill_null(UNKNOWN).rename(self.name)
 
     def decode(self, indices: np.ndarray) -> pl.Series:
         """Indices (N,) -> raw values; reserved slots decode to null."""
