@@ -113,8 +113,29 @@ def _agreement(url: str, recommender: Recommender, users: list[int]) -> float:
     return same / len(users)
 
 
-def load_test(bundle: Path, model: Path, workers: int, args: argparse.Namespace) -> dict[str, Any]:
-    recommender = Recommender.load(bundle)
+def in_process_latency(recommender: Recommender, users: list[int], n: int = 500) -> dict:
+    """p50/p99 of one-user `Recommender.recommend` calls (k=10), one after another: the
+    service time a worker spends per request, without HTTP and MLflow."""
+    rng = np.random.default_rng(3)
+    picked = [users[int(i)] for i in rng.integers(0, len(users), n)]
+    for user in picked[:20]:
+        recommender.recommend([user], k=10)
+    seconds = []
+    for user in picked:
+        start = time.perf_counter()
+        recommender.recommend([user], k=10)
+        seconds.append(time.perf_counter() - start)
+    ms = np.asarray(seconds) * 1000
+    return {
+        "requests": n,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def load_test(
+    recommender: Recommender, model: Path, workers: int, args: argparse.Namespace
+) -> dict[str, Any]:
     users = recommender.transform.users.ids.values.to_list()
     env = {"OMP_NUM_THREADS": "1"}  # each worker one thread; the clients need a core too
     log = Path(tempfile.gettempdir()) / f"serving_load_{workers}.log"
@@ -191,7 +212,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Serving under load",
         "",
-        f"Machine: {result['machine']}. Model: `{result['bundle']}` served by "
+        f"Machine: {result['machine']}. Model: `{result['bundle']}` ({result['users']:,} "
+        f"users, {result['items']:,} items) served by "
         "`mlflow models serve` on 127.0.0.1 (`OMP_NUM_THREADS=1` per worker). Each "
         f"client thread sends its requests one after another; one in "
         f"{result['malformed_every']} is malformed, one in {result['unknown_every']} asks "
@@ -215,7 +237,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['server_rss_before_mb']:.0f} -> {r['server_rss_after_mb']:.0f} "
             f"| {r['answers_equal_in_process']:.0%} |"
         )
-    lines += ["", "Statuses of the malformed requests:", ""]
+    p = result["in_process"]
+    lines += [
+        "",
+        f"One user at a time in process (`Recommender.recommend`, k=10, {p['requests']} "
+        f"calls): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms.",
+        "",
+        "Statuses of the malformed requests:",
+        "",
+    ]
     for r in result["runs"]:
         statuses = "; ".join(
             f"{kind}: {codes}" for kind, codes in sorted(r["malformed_statuses"].items())
@@ -246,10 +276,15 @@ def main() -> None:
         "unknown_every": args.unknown_every,
         "runs": [],
     }
+    recommender = Recommender.load(bundle)
+    users = recommender.transform.users.ids.values.to_list()
+    result["users"], result["items"] = len(users), len(recommender.transform.items.ids.values)
+    result["in_process"] = in_process_latency(recommender, users)
+    print(f"in process: {result['in_process']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = save_pyfunc_model(bundle, Path(tmp) / "model")
         for workers in args.workers:
-            run = load_test(bundle, model, workers, args)
+            run = load_test(recommender, model, workers, args)
             print(json.dumps(run), flush=True)
             result["runs"].append(run)
     RESULTS.mkdir(parents=True, exist_ok=True)
