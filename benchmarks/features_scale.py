@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from movielens_common import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 TARGET_SECONDS, TARGET_GB = 60.0, 4.0
 
 
@@ -118,9 +119,7 @@ def main() -> None:
         "command": "python benchmarks/features_scale.py "
         f"--users {args.users} --items {args.items} --per-user {args.per_user}",
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     name = "features_scale" if args.users == 1_000_000 else f"features_scale_{args.users}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# Feature stage at scale: {rows:,} impressions, {args.users:,} users, "
         f"{args.items:,} items",
@@ -133,8 +132,7 @@ def main() -> None:
         "",
         f"Command: `{result['command']}` on {os.cpu_count()} CPUs.",
     ]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(name, result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -41,3 +42,11 @@ def reproduce_line(script: str) -> str:
     """The markdown line with the command (as it was run) that reproduces a results file."""
     flags = "".join(f" {shlex.quote(arg)}" for arg in sys.argv[1:])
     return f"Reproduce: `.venv/bin/python benchmarks/{script}{flags}`"
+
+
+def write_results(name: str, result: dict, markdown: str) -> None:
+    """benchmarks/results/NAME.json and NAME.md; the markdown is printed too."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown.rstrip("\n") + "\n")
+    print(markdown)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from features_scale import generate
+from movielens_common import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 TARGET_GB = 8.0
 
 
@@ -180,9 +180,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "command": "python benchmarks/out_of_core.py" + (" --in-memory" if args.in_memory else ""),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     name = "out_of_core" if not args.in_memory else "out_of_core_in_memory"
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# End to end at scale ({mode}): {result['impressions']:,} impressions, "
         f"{args.users:,} users, {args.items:,} items",
@@ -203,8 +201,7 @@ def main() -> None:
         "",
         f"Command: `{result['command']}` on {os.cpu_count()} CPUs.",
     ]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(name, result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import requests
-from movielens_common import RESULTS, ROOT, reproduce_line
+from movielens_common import ROOT, reproduce_line, write_results
 
 from recsys_mtl.model_server import local_model_server
 from recsys_mtl.recommender import Recommender
@@ -287,10 +287,7 @@ def main() -> None:
             run = load_test(recommender, model, workers, args)
             print(json.dumps(run), flush=True)
             result["runs"].append(run)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.name, result, markdown(result))
 
 
 if __name__ == "__main__":
