@@ -27,6 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET_SECONDS, TARGET_GB = 60.0, 4.0
 
 
+def source_section(folder: Path) -> dict:
+    """The pipeline's `source` section for the three files `generate` writes."""
+    return {
+        "kind": "impressions",
+        "impressions": {
+            "path": str(folder / "impressions.parquet"),
+            "users_path": str(folder / "users.parquet"),
+            "items_path": str(folder / "items.parquet"),
+        },
+    }
+
+
 def generate(folder: Path, n_users: int, n_items: int, per_user: int, seed: int) -> None:
     """Write impressions.parquet, users.parquet and items.parquet (skipped if present)."""
     if (folder / "impressions.parquet").is_file():
@@ -52,14 +64,7 @@ def child(folder: Path, out: Path) -> None:
 
     config = config_from_dict(
         {
-            "source": {
-                "kind": "impressions",
-                "impressions": {
-                    "path": str(folder / "impressions.parquet"),
-                    "users_path": str(folder / "users.parquet"),
-                    "items_path": str(folder / "items.parquet"),
-                },
-            },
+            "source": source_section(folder),
             "tracking": {"enabled": False},
         }
     )

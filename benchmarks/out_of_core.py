@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from features_scale import generate
+from features_scale import generate, source_section
 from movielens_common import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,14 +73,7 @@ def child(folder: Path, out: Path, in_memory: bool, bootstrap: int, baselines: l
     config = config_from_dict(
         {
             "pipeline": {"name": "out-of-core", "output_dir": str(out), "seed": 42},
-            "source": {
-                "kind": "impressions",
-                "impressions": {
-                    "path": str(folder / "impressions.parquet"),
-                    "users_path": str(folder / "users.parquet"),
-                    "items_path": str(folder / "items.parquet"),
-                },
-            },
+            "source": source_section(folder),
             "model": {"sharing": "hard", "embedding_dim": 32, "hidden_dims": [64]},
             "training": {
                 "epochs": 1,
