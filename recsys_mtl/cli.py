@@ -7,6 +7,7 @@
   recsys-mtl predict --model MODEL --input IMPRESSIONS.parquet --out PRED.parquet
   recsys-mtl recommend --model MODEL (--user ID ... | --users FILE | --all-users) -k K
       [--fusion TASK=W ...] [--fusion-mode product|sum] [--exclude ITEM ...] [--out FILE]
+  recsys-mtl observe --model MODEL_FOLDER --events NEW.parquet
   recsys-mtl evaluate PIPELINE.toml [--seeds N]
   recsys-mtl evaluate --model MODEL --input LABELLED.parquet [--out REPORT.json]
   recsys-mtl report RUN_ID [--out FOLDER]
@@ -120,6 +121,15 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="model folder or MLflow model URI")
     predict.add_argument("--input", required=True, help="impressions with user_id, item_id")
     predict.add_argument("--out", required=True, help="output Parquet (or .csv) file")
+
+    observe = sub.add_parser(
+        "observe",
+        help="Take new events into a model's serving state and seen items (no retraining).",
+    )
+    observe.add_argument("--model", required=True, help="model folder (rewritten atomically)")
+    observe.add_argument(
+        "--events", required=True, help="impressions: user_id, item_id, timestamp, labels"
+    )
 
     recommend = sub.add_parser("recommend", help="Top-k items for users (seen items excluded).")
     recommend.add_argument("--model", required=True, help="model folder or MLflow model URI")
@@ -488,6 +498,24 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"{scores.height} predictions written to {args.out}")
 
 
+def cmd_observe(args: argparse.Namespace) -> None:
+    from recsys_mtl.recommender import Recommender
+
+    folder = Path(args.model)
+    if not (folder / "manifest.json").is_file():
+        raise RecsysError(
+            f"'{folder}' is not a model folder",
+            where="--model",
+            fix="observe rewrites a bundle in place: pass the model folder written by "
+            "`recsys-mtl train` (download an MLflow model first)",
+        )
+    recommender = Recommender.load(folder)
+    added = recommender.observe(read_table(args.events, "--events"), args.events)
+    if added:
+        recommender.save(folder)
+    print(f"{added} new events taken into {folder}")
+
+
 def _user_requests(args: argparse.Namespace) -> pl.Series | pl.DataFrame:
     """--user ids, or the --users file (a table keeps its extra request columns)."""
     if args.user:
@@ -579,6 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_predict(args)
         elif args.command == "recommend":
             cmd_recommend(args)
+        elif args.command == "observe":
+            cmd_observe(args)
     except RecsysError as exc:
         print(f"recsys-mtl: error: {exc}", file=sys.stderr)
         return 2

@@ -204,6 +204,21 @@ class FeaturesSection:
     history_prior: float = _doc(
         "Strength (in events) of the global-mean prior that smooths history rates.", 5.0
     )
+    freshness: str = _doc(
+        "How fresh the deployed model's history is, one rule for training, validation, "
+        "test and serving. 'snapshot' (a batch-trained bundle served as exported): "
+        "validation and test rows read the state at the end of the training period, as "
+        "`predict` does, and training rows see history published in blocks of "
+        "`snapshot_fraction` of the user's events, so they are as stale as a served row. "
+        "'online' (the state is updated as events arrive): every row sees all strictly "
+        "earlier events.",
+        "snapshot",
+    )
+    snapshot_fraction: float = _doc(
+        "snapshot only: the size of a training history block as a fraction of each "
+        "user's events (0: the test fraction, the staleness a served row has at most).",
+        0.0,
+    )
     shard_rows: int = _doc("Rows per output Parquet shard.", 2_000_000)
     row_group_rows: int = _doc(
         "Rows per Parquet row group in the shards: the unit that streamed training "
@@ -881,6 +896,13 @@ def _validate_features(f: FeaturesSection) -> None:
     _one_of("features.split", f.split, ("per_user_temporal", "global_time", "random"))
     _one_of("features.negative_sampler", f.negative_sampler, ("uniform", "popularity"))
     _one_of("features.duplicates", f.duplicates, ("keep", "drop", "error"))
+    _one_of("features.freshness", f.freshness, ("snapshot", "online"))
+    if not 0 <= f.snapshot_fraction < 1:
+        raise RecsysError(
+            f"features.snapshot_fraction must lie in [0, 1), got {f.snapshot_fraction}",
+            where="[features]",
+            fix="use e.g. snapshot_fraction = 0.2, or 0 for the test fraction",
+        )
     _one_of("features.missing_side_rows", f.missing_side_rows, ("error", "unknown"))
     if f.split != "per_user_temporal" and (f.validation_last_n or f.test_last_n):
         raise RecsysError(

@@ -246,15 +246,20 @@ def retrieval_task_name(config: PipelineConfig) -> str:
     return next(name for name, task in config.tasks.items() if task.head == "dot")
 
 
-def seen_interactions(features: FeatureSet) -> pl.DataFrame:
-    """The rows whose positives a served model treats as seen: train + validation (the
-    columns the bundle and the baselines read, without loading whole splits)."""
+def seen_interactions(
+    features: FeatureSet, splits: tuple[str, ...] = ("train", "validation")
+) -> pl.DataFrame:
+    """The rows of `splits` whose positives a served model treats as seen (the columns
+    the bundle and the baselines read, without loading whole splits). Default: what
+    was known before the test (train + validation)."""
     labels = [task["label"] for task in features.spec.get("tasks", {}).values()]
-    wanted = dict.fromkeys(["user_id", "item_id", "user_idx", "item_idx", "timestamp", *labels])
+    wanted = dict.fromkeys(
+        ["user_id", "item_id", "user_idx", "item_idx", "timestamp", "visible_at", *labels]
+    )
     present = features.column_names("train")
     columns = [c for c in wanted if c in present]
     return pl.concat(
-        [features.columns(name, columns) for name in ("train", "validation")],
+        [features.columns(name, columns) for name in splits],
         how="diagonal_relaxed",
     )
 
@@ -271,6 +276,7 @@ def train_stage(
     recommender, the other ranks return None. `resume`: continue from
     checkpoints/last.pt (written after every epoch) when there is one; the result is
     the one an uninterrupted run would have given."""
+    given = features
     features = features.without_test()  # protocol guard: training never sees the test split
     paths = Paths(config.output_path)
     resume_from = None
@@ -291,8 +297,11 @@ def train_stage(
     )
     if not distributed.is_main:
         return None, result
+    # The bundle knows every event it was given, test split included (read only now,
+    # after training); each is excluded from requests from the time it became visible.
+    everything = seen_interactions(given, ("train", "validation", "test"))
     recommender = Recommender.from_training(
-        model, features.transform, seen_interactions(features), config.retrieval, config.model
+        model, features.transform, everything, config.retrieval, config.model
     )
     recommender.save(paths.model)
     tracker = tracker or NoopTracker()
@@ -473,15 +482,17 @@ def evaluate_stage(
     )
     seen = seen_interactions(features)
     test = features.test  # read once, here, after training
+    # The report's numbers are the shipped bundle's (it knows every event, test
+    # included, each visible as the freshness rule says): the test rows are scored
+    # through the served path, exactly as `evaluate --model --input` scores them.
     queries = RankingQueries(recommender, test)
     depth = max([*ev.k, *ev.curve_k])
-    test_data = TensorData.from_frame(test, tasks, recommender.transform)
     systems = [
         model_system(
             MODEL,
             f"multi-task model ({config.model.sharing})",
             recommender,
-            test_data,
+            test,
             queries,
             depth,
         )
@@ -491,9 +502,7 @@ def evaluate_stage(
         systems.append(oracle)
     if single_task:
         systems.append(
-            single_task_system(
-                single_task, test_data, queries, depth, recommender.model.retrieval_task
-            )
+            single_task_system(single_task, test, queries, depth, recommender.model.retrieval_task)
         )
     if "popularity" in ev.baselines:
         systems.append(popularity_system(recommender, test, queries, depth, tasks, seen))
@@ -521,6 +530,9 @@ def evaluate_stage(
             "refit_on_train_and_validation": config.training.refit,
         },
         "test_split": "read once, after training",
+        "scored_by": "the shipped bundle (Recommender.predict / recommend), as "
+        "`evaluate --model --input` scores the same rows",
+        "history_freshness": config.features.freshness,
         "ranking": "full catalogue, items seen before the test excluded, exact inner product",
     }
     metrics = flat_metrics(report)

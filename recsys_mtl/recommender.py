@@ -5,7 +5,8 @@ Bundle folder (written under a temporary name, then renamed into place):
   model.pt        the model's state_dict (loaded with weights_only=True)
   model.json      architecture, tasks, retrieval settings
   transform/      vocabularies and side tables (see features.transform)
-  seen.npz        items each known user interacted with (CSR over user indices)
+  seen.npz        items each known user clicked, with the time each became visible
+                  (CSR over user indices: indptr, items, visible_at)
   index.faiss     the FAISS index of item vectors (+ index.json), once built
 """
 
@@ -45,7 +46,7 @@ from recsys_mtl.retrieval.fusion import check_fusion, fuse, fused_score
 from recsys_mtl.retrieval.index import ItemIndex, csr_rows, ordered_topk
 from recsys_mtl.training.tensors import row_inputs
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHUNK_USERS = 1024
 LOGGER = logging.getLogger("recsys_mtl")
 
@@ -76,12 +77,19 @@ class Recommender:
         retrieval: RetrievalSection,
         model_cfg: ModelSection,
         index: ItemIndex | None = None,
+        seen_visible: np.ndarray | None = None,
     ) -> None:
         self.model = model.eval()
         self.model_cfg = model_cfg
         self.transform = transform
         self.seen_indptr = seen_indptr
         self.seen_items = seen_items
+        # when each seen entry entered the state (reads as of t exclude entries < t only)
+        self.seen_visible = (
+            seen_visible
+            if seen_visible is not None
+            else np.full(seen_items.size, np.iinfo(np.int64).min, dtype=np.int64)
+        )
         self.retrieval = retrieval
         self.index = index
         self._item_rows: RowInputs | None = None
@@ -98,12 +106,19 @@ class Recommender:
         retrieval: RetrievalSection,
         model_cfg: ModelSection,
     ) -> Recommender:
-        """`interactions`: the rows whose positives count as seen (train + validation)."""
+        """`interactions`: every event the bundle is given (all splits), with user_idx,
+        item_idx, click and (for as-of reads) visible_at; its positives are the seen
+        items, each excluded from requests at or after the time it became visible."""
+        when = (
+            pl.col("visible_at").cast(pl.Int64)
+            if "visible_at" in interactions.columns
+            else pl.lit(np.iinfo(np.int64).min, pl.Int64)
+        )
         positives = (
             interactions.filter((pl.col("click") == 1) & (pl.col("item_idx") >= FIRST))
-            .select("user_idx", "item_idx")
-            .unique()
-            .sort("user_idx", "item_idx")
+            .group_by("user_idx", "item_idx")
+            .agg(when.min().alias("visible_at"))
+            .sort("user_idx", "visible_at", "item_idx")
         )
         counts = np.bincount(positives["user_idx"].to_numpy(), minlength=transform.users.ids.size)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -114,7 +129,99 @@ class Recommender:
             positives["item_idx"].to_numpy().astype(np.int64),
             retrieval,
             model_cfg,
+            seen_visible=positives["visible_at"].to_numpy().astype(np.int64),
         )
+
+    def seen_before(
+        self, user_idx: np.ndarray, times: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Items (vocabulary indices) each user in `user_idx` had clicked as of `times`
+        (R,) int64 (entries visible strictly before; None: every entry), as CSR."""
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        indptr, items = csr_rows(self.seen_indptr, self.seen_items, user_idx)
+        if times is None:
+            return indptr, items
+        _, visible = csr_rows(self.seen_indptr, self.seen_visible, user_idx)
+        row_time = np.repeat(np.asarray(times, dtype=np.int64), np.diff(indptr))
+        keep = visible < row_time
+        if keep.all():
+            return indptr, items
+        kept = np.concatenate([[0], np.cumsum(keep)]).astype(np.int64)
+        return kept[indptr], items[keep]
+
+    def observe(self, events: Any, where: str = "events") -> int:
+        """Take new events (an impressions table: user_id, item_id, timestamp, click,
+        purchase, rating) into the serving state and the seen set, without retraining.
+        Under `online` freshness each event is visible from its own time; under
+        `snapshot` the call publishes one new snapshot per user, visible from the user's
+        latest new event. Events the bundle already holds (same user, item, time and
+        labels) are ignored, so re-sending them changes nothing. Returns how many were
+        new. `save` writes the new state version atomically."""
+        from recsys_mtl.data.schema import validate_impressions
+
+        frame = validate_impressions(events, where).select(
+            "user_id", "item_id", "timestamp", "click", "purchase", "rating"
+        )
+        frame = frame.with_columns(
+            self.transform.users.ids.cast(frame["user_id"], where),
+            self.transform.items.ids.cast(frame["item_id"], where),
+        ).unique(maintain_order=True)
+        history = self.transform.history
+        held = (
+            history.events.select("user_id", "item_id", "timestamp", "click", "purchase", "rating")
+            if history is not None
+            else self._seen_events()
+        )
+        keys = ["user_id", "item_id", "timestamp", "click"]
+        new = frame.join(held.select(keys).unique(), on=keys, how="anti", nulls_equal=True)
+        if new.height == 0:
+            return 0
+        freshness = history.spec.freshness if history is not None else "online"
+        if freshness == "online":
+            when = pl.col("timestamp")
+        else:
+            when = pl.col("timestamp").max().over("user_id")
+        new = self.transform.encode_pairs(new, where).with_columns(
+            when.cast(pl.Int64).alias("visible_at")
+        )
+        if history is not None:
+            history.add_events(new)
+        self._add_seen(new)
+        return new.height
+
+    def _seen_events(self) -> pl.DataFrame:
+        """The seen set as events (for bundles without a history state)."""
+        users = np.repeat(np.arange(len(self.seen_indptr) - 1), np.diff(self.seen_indptr))
+        return pl.DataFrame(
+            {
+                "user_id": self.transform.users.ids.decode(users),
+                "item_id": self.transform.items.ids.decode(self.seen_items),
+                "timestamp": self.seen_visible,
+                "click": np.ones(self.seen_items.size, dtype=np.int8),
+            }
+        )
+
+    def _add_seen(self, new: pl.DataFrame) -> None:
+        """Add the clicked, known (user, item) pairs of `new` (user_idx, item_idx, click,
+        visible_at) to the seen CSR; a pair already seen keeps its earlier time."""
+        users = np.repeat(np.arange(len(self.seen_indptr) - 1), np.diff(self.seen_indptr))
+        old = pl.DataFrame(
+            {
+                "user_idx": users.astype(np.int32),
+                "item_idx": self.seen_items.astype(np.int32),
+                "click": np.ones(users.size, dtype=np.int8),
+                "visible_at": self.seen_visible,
+            }
+        )
+        both = pl.concat([old, new.select(old.columns)], how="vertical_relaxed").filter(
+            pl.col("user_idx") >= FIRST
+        )
+        rebuilt = Recommender.from_training(
+            self.model, self.transform, both, self.retrieval, self.model_cfg
+        )
+        self.seen_indptr, self.seen_items = rebuilt.seen_indptr, rebuilt.seen_items
+        self.seen_visible = rebuilt.seen_visible
+        self._popular = None
 
     @property
     def n_items(self) -> int:
@@ -419,7 +526,7 @@ class Recommender:
         pieces_rows: list[np.ndarray] = []
         pieces_items: list[np.ndarray] = []
         if exclude_seen:
-            indptr, seen = csr_rows(self.seen_indptr, self.seen_items, user_idx)
+            indptr, seen = self.seen_before(user_idx, request_times(requests))
             pieces_rows.append(np.repeat(np.arange(n_users), np.diff(indptr)))
             pieces_items.append(seen - FIRST)
         if shared.size:
@@ -594,7 +701,12 @@ class Recommender:
             metadata["retrieval"] = asdict(self.retrieval)
             (tmp / "model.json").write_text(json.dumps(metadata, indent=2))
             self.transform.save(tmp / "transform")
-            np.savez(tmp / "seen.npz", indptr=self.seen_indptr, items=self.seen_items)
+            np.savez(
+                tmp / "seen.npz",
+                indptr=self.seen_indptr,
+                items=self.seen_items,
+                visible_at=self.seen_visible,
+            )
             if self.index is not None:
                 self.index.save(tmp / "index.faiss")
             files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -666,7 +778,19 @@ class Recommender:
             RetrievalSection(**metadata["retrieval"]),
             ModelSection(**metadata["model"]),
             index,
+            seen["visible_at"],
         )
+
+
+def request_times(requests: pl.DataFrame) -> np.ndarray | None:
+    """(R,) int64 seconds of the requests' `timestamp` column (a null one: the latest
+    state), or None when the requests carry no time (every read is the latest)."""
+    if "timestamp" not in requests.columns:
+        return None
+    stamps = requests["timestamp"]
+    if isinstance(stamps.dtype, pl.Datetime | pl.Date):
+        stamps = stamps.dt.epoch("s")
+    return stamps.cast(pl.Int64).fill_null(np.iinfo(np.int64).max).to_numpy()
 
 
 def read_bundle_metadata(folder: Path) -> dict[str, Any]:

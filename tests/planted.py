@@ -10,11 +10,18 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pytest
 import torch
 
 from recsys_mtl.config import PipelineConfig, config_from_dict
 from recsys_mtl.features.pipeline import FeatureSet
 from recsys_mtl.pipeline import evaluate_stage, train_stage
+
+
+def contract_params(names: list[str], keep: tuple[str, ...]) -> list[Any]:
+    """Parameters of a planted-structure contract test over every plug-in: the `keep`
+    ones run in `make test`, the rest are marked `heavy` (`make test-all` runs them)."""
+    return [n if n in keep else pytest.param(n, marks=pytest.mark.heavy) for n in names]
 
 
 def planted_config(

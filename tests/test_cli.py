@@ -328,13 +328,10 @@ def test_recommend_serves_an_unknown_user(smoke: Smoke, tmp_path: Path) -> None:
 def test_evaluate_model_on_the_test_split_matches_the_pipeline(
     smoke: Smoke, recommender: Recommender, tmp_path: Path
 ) -> None:
-    """`evaluate --input` scores rows from the model's serving state (what a deployed
-    model knows); the pipeline scores each test row with its own as-of history. The
-    ranking metrics use the serving state in both, so they agree exactly; pointwise
-    metrics agree with predict() on the same rows."""
-    from recsys_mtl.evaluation.evaluate import pointwise_metrics
-    from recsys_mtl.training.tensors import TensorData
-
+    """One evaluation path: the pipeline's printed test metrics are what the shipped
+    bundle gives on the same rows through `evaluate --model --input`, every model
+    metric (pointwise, ranking and segments) within 1e-6, though the bundle now holds
+    the test events too (reads are as of each row's time)."""
     out = tmp_path / "report.json"
     test_split = smoke.features / "test"
     code, stdout, stderr = cli(
@@ -344,16 +341,19 @@ def test_evaluate_model_on_the_test_split_matches_the_pipeline(
     assert "click_auc" in stdout
     report = json.loads(out.read_text())["metrics"]
     pipeline = smoke.report()
-    for key in ("test/recall@10", "test/ndcg@20", "test/hitrate@10"):
-        assert report[key] == pytest.approx(pipeline[key], abs=1e-6)
-    frame = read_table(test_split)
-    predictions = {k: v.to_numpy() for k, v in recommender.predict(frame).to_dict().items()}
-    tasks = recommender.model.tasks
-    expected = pointwise_metrics(TensorData.from_frame(frame, tasks), predictions, tasks)
-    for key in ("click_auc", "purchase_auc", "rating_rmse"):
-        assert report[f"test/{key}"] == pytest.approx(expected[key], abs=1e-6)
-        # Both are honest estimates of the same model: they differ only by the history.
-        assert abs(report[f"test/{key}"] - pipeline[f"test/{key}"]) < 0.1
+    model_keys = [
+        k
+        for k in report
+        if (k.startswith("test/") or k.startswith("segment/"))
+        and "/popularity/" not in k
+        and not k.endswith(("_low", "_high"))
+        and k in pipeline
+    ]
+    assert {"test/click_auc", "test/purchase_auc", "test/rating_rmse", "test/recall@10"} <= set(
+        model_keys
+    )
+    for key in model_keys:
+        assert report[key] == pytest.approx(pipeline[key], abs=1e-6), key
 
 
 # ---------------------------------------------------------------------------- bad input

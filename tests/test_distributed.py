@@ -48,6 +48,7 @@ def _run(args: list[str], env: dict[str, str]) -> str:
     return done.stdout
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
 def test_two_processes_match_one(tmp_path: Path) -> None:
     """`torchrun --nproc-per-node 2 -m recsys_mtl train` trains one model on two ranks

@@ -54,8 +54,11 @@ def some_users(trained) -> list[int]:
 
 
 def _seen(features: FeatureSet) -> dict[int, set[int]]:
-    """Raw user id -> raw item ids clicked in train or validation (the reference)."""
-    rows = pl.concat([features.train, features.validation]).filter(pl.col("click") == 1)
+    """Raw user id -> raw item ids clicked anywhere in the input: train, validation and
+    test (the bundle knows every event it was given; the reference)."""
+    rows = pl.concat(
+        [features.train, features.validation, features.test], how="diagonal_relaxed"
+    ).filter(pl.col("click") == 1)
     out: dict[int, set[int]] = {}
     for user, item in rows.select("user_id", "item_id").iter_rows():
         out.setdefault(user, set()).add(item)
@@ -333,9 +336,10 @@ def test_unknown_user_without_features_gets_the_most_popular_items(trained) -> N
     _, features, recommender = trained
     out = recommender.recommend([10**9], k=5)
     assert out["source"].to_list() == ["popularity"] * 5
-    # popularity = clicks in train + validation (the seen items), ties to the lower index
+    # popularity = clicks of every event the bundle holds (the seen items), ties to the
+    # lower index
     clicks = (
-        pl.concat([features.train, features.validation])
+        pl.concat([features.train, features.validation, features.test], how="diagonal_relaxed")
         .filter(pl.col("click") == 1)
         .unique(["user_id", "item_id"])
         .group_by("item_id")
@@ -478,3 +482,85 @@ def test_index_stage_tunes_nprobe_and_writes_the_quality_report(trained, tmp_pat
     index_stage(tuned, bundle)
     assert Recommender.load(tmp_path / "run" / "model").index.search_value == 8
     assert recommender.index.factory == "Flat"  # the fixture's bundle is untouched
+
+
+# ---------------------------------------------------------------------------- every event
+
+
+def test_no_recommended_item_is_in_the_users_input_history(trained) -> None:
+    _, features, recommender = trained
+    # every user's last events are in the internal test split (per-user temporal)
+    users = features.test["user_id"].unique().sort()
+    out = recommender.recommend(users, k=K)
+    clicked = (
+        pl.concat([features.train, features.validation, features.test], how="diagonal_relaxed")
+        .filter(pl.col("click") == 1)
+        .select("user_id", "item_id")
+        .unique()
+    )
+    assert out.join(clicked, on=["user_id", "item_id"], how="inner").height == 0
+    test_clicks = features.test.filter(pl.col("click") == 1).select("user_id", "item_id")
+    # as of the test period, the test items are not yet seen, so they can be recommended
+    asked = features.test.group_by("user_id").agg(pl.col("timestamp").min())
+    then = recommender.recommend(asked, k=recommender.index.n_items)
+    assert then.join(test_clicks, on=["user_id", "item_id"], how="inner").height > 0
+
+
+def _copy_bundle(recommender: Recommender, folder) -> Recommender:
+    recommender.save(folder)
+    return Recommender.load(folder)
+
+
+def test_observe_takes_new_events_once_and_serves_them(trained, tmp_path) -> None:
+    _, features, recommender = trained
+    bundle = _copy_bundle(recommender, tmp_path / "model")
+    user = int(features.test["user_id"][0])
+    later = int(features.test["timestamp"].max()) + 3600
+    before = bundle.recommend([user], k=5, fusion=CLICK_ONLY)
+    dated_request = pl.DataFrame({"user_id": [user], "timestamp": [later - 1]})
+    dated_before = bundle.recommend(dated_request, k=5, fusion=CLICK_ONLY)
+    new_items = before["item_id"].head(2).to_list()
+    events = pl.DataFrame(
+        {
+            "user_id": [user, user],
+            "item_id": new_items,
+            "timestamp": [later, later + 60],
+            "click": [1, 1],
+            "purchase": [0, 1],
+            "rating": [None, 4.0],
+        }
+    )
+    history_before = bundle.transform.history.serving_read(pl.Series([user]), "user", None)[0]
+    assert bundle.observe(events) == 2
+    history_after = bundle.transform.history.serving_read(pl.Series([user]), "user", None)[0]
+    assert history_after["clicks"][0] == history_before["clicks"][0] + 2
+    assert history_after["purchases"][0] == history_before["purchases"][0] + 1
+    after = bundle.recommend([user], k=5, fusion=CLICK_ONLY)
+    assert not set(new_items) & set(after["item_id"].to_list())  # now seen
+    # a request dated before the new events does not see them (reads are as of a time)
+    dated = bundle.recommend(dated_request, k=5, fusion=CLICK_ONLY)
+    assert_frame_equal(dated, dated_before)
+    bundle.save(tmp_path / "model")
+    again = Recommender.load(tmp_path / "model")
+    manifest = (tmp_path / "model" / "manifest.json").read_text()
+    assert again.observe(events) == 0  # re-sending the same events changes nothing
+    again.save(tmp_path / "model")
+    assert (tmp_path / "model" / "manifest.json").read_text() == manifest
+
+
+def test_observe_cli_rewrites_the_bundle(trained, tmp_path) -> None:
+    from recsys_mtl.cli import main
+
+    _, features, recommender = trained
+    recommender.save(tmp_path / "model")
+    user = int(features.test["user_id"][0])
+    item = int(features.test["item_id"][0])
+    path = tmp_path / "new.parquet"
+    pl.DataFrame(
+        {"user_id": [user], "item_id": [item], "timestamp": [2_000_000_000], "click": [1]}
+    ).write_parquet(path)
+    assert main(["observe", "--model", str(tmp_path / "model"), "--events", str(path)]) == 0
+    loaded = Recommender.load(tmp_path / "model")
+    out = loaded.recommend([user], k=loaded.index.n_items)
+    assert item not in out["item_id"].to_list()
+    assert main(["observe", "--model", str(tmp_path / "nothing"), "--events", str(path)]) == 2

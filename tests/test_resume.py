@@ -18,7 +18,7 @@ import torch
 import mlflow
 from recsys_mtl.recommender import Recommender
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 5

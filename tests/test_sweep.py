@@ -42,6 +42,7 @@ def test_pareto_front_by_hand() -> None:
     assert pareto_front(np.array([[1.0, 1.0]]), [True, True]).tolist() == [True]
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_sweep_command_runs_nested_runs_and_writes_the_front(tmp_path: Path) -> None:
     pipeline = tmp_path / "smoke.toml"

@@ -2,8 +2,9 @@
 
 Metric names are `<task>_<metric>` (click_auc, purchase_logloss, rating_rmse) and
 `recall@k`, `ndcg@k`, `hitrate@k`. Ranking is over every known item with the items
-the user interacted with in train and validation excluded; relevant items are the
-user's test positives that are in the catalogue.
+the user had clicked as of the request excluded (the bundle's seen entries visible
+before the user's first test impression); relevant items are the user's test
+positives that are in the catalogue.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from recsys_mtl.config import TaskConfig
 from recsys_mtl.evaluation.metrics import auc, gauc, log_loss, mae, ranking_metrics, rmse
 from recsys_mtl.features.vocab import FIRST
 from recsys_mtl.model.multitask import conditional_column, output_column
-from recsys_mtl.recommender import Recommender, csr_rows
+from recsys_mtl.recommender import Recommender
+from recsys_mtl.recommender import request_times as request_times_of
 from recsys_mtl.training.tensors import TensorData
 
 LOWER_IS_BETTER = ("loss", "logloss", "rmse", "mae", "ece")
@@ -120,14 +122,15 @@ class RankingQueries:
             .unique(maintain_order=True)
         )
         user_idx = recommender.transform.users.ids.encode(self.user_ids).to_numpy()
-        self.seen_indptr, self.seen_items = csr_rows(
-            recommender.seen_indptr, recommender.seen_items, user_idx.astype(np.int64)
-        )
         self.relevant_indptr, self.relevant_items = interactions_csr(encoded, self.user_ids)
         requests = pl.DataFrame({"user_id": self.user_ids})
         if request_times is not None:
             requests = requests.join(request_times, on="user_id", how="left", maintain_order="left")
         self.requests = requests
+        # what the user had clicked as of the request (the bundle may hold later events)
+        self.seen_indptr, self.seen_items = recommender.seen_before(
+            user_idx.astype(np.int64), request_times_of(requests)
+        )
 
     def __len__(self) -> int:
         return self.user_ids.len()

@@ -2,8 +2,10 @@
 (popularity, global / user / item mean rating, single-task models), each turned into an
 `offline.System` on the same test rows and ranking users.
 
-Baselines only use what the model had: the interactions before the test (train +
-validation). Unknown users and items fall back to the global statistic.
+Models are scored through `Recommender.predict` on the raw test rows: the path that
+`recsys-mtl predict` and `evaluate --model --input` run, so the reported number is the
+one the shipped bundle gives. Baselines only use what the model had: the interactions
+before the test. Unknown users and items fall back to the global statistic.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from recsys_mtl.evaluation.offline import EvaluationData, System
 from recsys_mtl.features.vocab import FIRST
 from recsys_mtl.model.multitask import conditional_column, output_column
 from recsys_mtl.recommender import Recommender
-from recsys_mtl.training.tensors import TensorData, predict_arrays
 
 
 def build_test_set(
@@ -44,7 +45,16 @@ def build_test_set(
         .astype(np.int64)
     )
     user_idx = recommender.transform.users.ids.encode(user_ids).to_numpy().astype(np.int64)
-    seen_counts = np.diff(recommender.seen_indptr)
+    first_time = (
+        test.group_by("user_id")
+        .agg(pl.col("timestamp").min().cast(pl.Int64))
+        .join(pl.DataFrame({"user_id": user_ids}), on="user_id", how="right")
+        .get_column("timestamp")
+        .to_numpy()
+        if "timestamp" in test.columns
+        else None
+    )
+    seen_counts = np.diff(recommender.seen_before(user_idx, first_time)[0])
     labels = {
         name: test.get_column(task.label).cast(pl.Float64).fill_null(np.nan).to_numpy()
         for name, task in tasks.items()
@@ -56,38 +66,59 @@ def build_test_set(
         ranking_user=ranking_user,
         relevant_indptr=queries.relevant_indptr,
         relevant_items=queries.relevant_items,
-        user_events=seen_counts[user_idx],
-        item_popularity=item_popularity(recommender).astype(np.float64),
+        user_events=seen_counts,
+        item_popularity=item_popularity(recommender, test).astype(np.float64),
         n_catalogue=recommender.n_items - FIRST,
         first_item=FIRST,
     )
 
 
-def item_popularity(recommender: Recommender) -> np.ndarray:
-    """(n_items,) how many users interacted with each item before the test."""
-    return np.bincount(recommender.seen_items, minlength=recommender.n_items)
+def item_popularity(recommender: Recommender, test: pl.DataFrame | None = None) -> np.ndarray:
+    """(n_items,) how many users clicked each item, among the bundle's seen entries
+    less the (user, item) pairs of `test` (the bundle may hold the evaluated rows'
+    own events; they are not "before the test")."""
+    counts = np.bincount(recommender.seen_items, minlength=recommender.n_items)
+    if test is None or "click" not in test.columns:
+        return counts
+    encoded = recommender.transform.encode_pairs(
+        test.filter(pl.col("click") == 1).select("user_id", "item_id").unique()
+    )
+    user_idx = encoded["user_idx"].to_numpy().astype(np.int64)
+    item_idx = encoded["item_idx"].to_numpy().astype(np.int64)
+    known = (user_idx >= FIRST) & (item_idx >= FIRST)
+    held = np.unique(user_idx[known] * recommender.n_items + item_idx[known])
+    users = np.repeat(np.arange(len(recommender.seen_indptr) - 1), np.diff(recommender.seen_indptr))
+    pairs = users * recommender.n_items + recommender.seen_items
+    in_test = np.isin(pairs, held)
+    return counts - np.bincount(recommender.seen_items[in_test], minlength=recommender.n_items)
+
+
+def served_predictions(recommender: Recommender, test: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Every head on the raw test rows through `Recommender.predict` (the served path)."""
+    return {name: column.to_numpy() for name, column in recommender.predict(test).to_dict().items()}
 
 
 def model_system(
     name: str,
     description: str,
     recommender: Recommender,
-    test: TensorData,
+    test: pl.DataFrame,
     queries: RankingQueries,
     depth: int,
 ) -> System:
-    """A trained model: every head on the test rows, exact top-`depth` for ranking."""
+    """A trained model: every head on the test rows as served, exact top-`depth` for
+    ranking."""
     return System(
         name,
         description,
-        predictions=predict_arrays(recommender.model, test),
+        predictions=served_predictions(recommender, test),
         top_items=queries.top_items(recommender, depth),
     )
 
 
 def single_task_system(
     models: dict[str, Recommender],
-    test: TensorData,
+    test: pl.DataFrame,
     queries: RankingQueries,
     depth: int,
     retrieval_task: str,
@@ -97,7 +128,7 @@ def single_task_system(
     predictions: dict[str, np.ndarray] = {}
     for task, recommender in models.items():
         column = output_column(task, recommender.model.tasks[task])
-        predictions[column] = predict_arrays(recommender.model, test)[column]
+        predictions[column] = served_predictions(recommender, test)[column]
     ranker = models.get(retrieval_task)
     return System(
         "single_task",
@@ -132,7 +163,7 @@ def popularity_system(
     """Scores every impression by how many users interacted with its item before the
     test (purchase by earlier purchases, when `interactions` has them) and recommends
     the most popular unseen items."""
-    clicks = item_popularity(recommender).astype(np.float64)
+    clicks = item_popularity(recommender, test).astype(np.float64)
     item_idx = recommender.transform.items.ids.encode(test.get_column("item_id")).to_numpy()
     predictions = {}
     for name, task in tasks.items():

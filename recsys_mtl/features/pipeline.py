@@ -22,17 +22,10 @@ import polars as pl
 from recsys_mtl.config import FeaturesSection, PipelineConfig
 from recsys_mtl.data.dataset import ORACLE_PREFIX, Dataset
 from recsys_mtl.errors import RecsysError
-from recsys_mtl.features.history import (
-    RECENT_ITEMS,
-    RECENT_RATED,
-    RECENT_RATING_SUM,
-    HistoryTransform,
-    last_values,
-    prior_aggregates,
-    recent_items,
-)
+from recsys_mtl.features.history import N_SPLITS, RECENT_ITEMS, HistoryTransform
 from recsys_mtl.features.negatives import negatives_frame
-from recsys_mtl.features.split import SPLIT_NAMES, TRAIN, VALIDATION, assign_split
+from recsys_mtl.features.split import SPLIT_NAMES, TRAIN, assign_split
+from recsys_mtl.features.state import EventState, visible_at
 from recsys_mtl.features.transform import (
     RESERVED,
     SIDES,
@@ -152,6 +145,12 @@ def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
         test_last_n=fc.test_last_n,
         seed=config.pipeline.seed,
     )
+    impressions = impressions.with_columns(
+        pl.Series(
+            "visible_at",
+            visible_at(impressions, fc.freshness, fc.snapshot_fraction or fc.test_fraction),
+        )
+    )
     train_rows = impressions.filter(pl.col("split") == TRAIN)
     if train_rows.height == 0:
         raise RecsysError(
@@ -238,11 +237,15 @@ def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
 def _history_features(
     events: pl.DataFrame, rows: pl.DataFrame, positive_only: bool, fc: FeaturesSection
 ) -> tuple[HistoryTransform, list[pl.DataFrame]]:
-    """Leak-free history aggregates, recency and recent items of every row of `rows`."""
-    events = events.select("user_id", "item_id", "item_idx", "timestamp", "split", *LABELS)
+    """History aggregates, recency and recent items of every row of `rows`, read as of
+    the row's time from the events of its own split and the earlier ones (test rows:
+    every event, as the exported bundle reads them)."""
+    events = events.select(
+        "user_id", "item_id", "item_idx", "timestamp", "visible_at", "split", *LABELS
+    )
     history = HistoryTransform.fit(
         events.filter(pl.col("split") == TRAIN),
-        events.filter(pl.col("split") <= VALIDATION),
+        events.drop("split"),
         positive_only=positive_only,
         aggregates=fc.history,
         prior=fc.history_prior,
@@ -250,47 +253,50 @@ def _history_features(
         recency="recency" in fc.time,
         n_recent_ratings=fc.recent_ratings,
         item_features=fc.item_history,
+        freshness=fc.freshness,
     )
+    split = rows["split"].to_numpy()
+    times = rows["timestamp"].cast(pl.Int64).to_numpy()
+    raw: dict[str, list[pl.DataFrame]] = {side: [] for side in SIDES}
+    recent_parts: list[np.ndarray] = []
+    order_parts: list[np.ndarray] = []
+    for level in range(N_SPLITS):
+        at_level = np.flatnonzero(split == level)
+        if at_level.size == 0:
+            continue
+        visible = events.filter(pl.col("split") <= level)
+        order_parts.append(at_level)
+        level_rows = rows[at_level]
+        for side in SIDES:
+            if side == "item" and not history.columns("item"):
+                continue
+            state = EventState(visible, f"{side}_id")
+            values, recent = history.read(state, level_rows[f"{side}_id"], side, times[at_level])
+            raw[side].append(values)
+            if recent is not None:
+                recent_parts.append(recent)
+        del visible
+    inverse = np.empty(rows.height, dtype=np.int64)
+    inverse[np.concatenate(order_parts)] = np.arange(rows.height)
     timestamp = rows["timestamp"]
     train = rows["split"] == TRAIN
-    one_level = {"user": fc.split == "per_user_temporal", "item": False}
-    raw = {
-        side: prior_aggregates(rows, f"{side}_id", one_level=one_level[side]).with_columns(
-            timestamp
-        )
-        for side in SIDES
+    raw_rows = {
+        side: pl.concat(parts)[inverse].with_columns(timestamp)
+        for side, parts in raw.items()
+        if parts
     }
-    if fc.recent_ratings:
-        rated = events.filter(pl.col("rating").is_not_null())
-        last = last_values(
-            rated,
-            "rating",
-            rows,
-            raw["user"]["rated"].to_numpy(),
-            fc.recent_ratings,
-            one_level=one_level["user"],
-        )
-        shown = np.minimum(raw["user"]["rated"].to_numpy(), fc.recent_ratings)
-        raw["user"] = raw["user"].with_columns(
-            pl.Series(RECENT_RATING_SUM, last.sum(axis=1, dtype=np.float64)),
-            pl.Series(RECENT_RATED, shown.astype(np.int32)),
-        )
-    history.fit_scalers(raw["user"].filter(train), raw["item"].filter(train))
+    history.fit_scalers(
+        raw_rows["user"].filter(train),
+        raw_rows["item"].filter(train) if "item" in raw_rows else None,
+    )
     parts = [
-        history.features(raw[side], side, pl.col("timestamp"))
+        history.features(raw_rows[side], side, pl.col("timestamp"))
         for side in SIDES
         if history.columns(side)
     ]
-    clicks_before = raw["user"]["clicks"].to_numpy()
-    del raw
+    del raw, raw_rows
     if fc.recent_items:
-        recent = recent_items(
-            events,
-            rows,
-            clicks_before,
-            fc.recent_items,
-            one_level=one_level["user"],
-        )
+        recent = np.concatenate(recent_parts)[inverse]
         parts.append(
             pl.DataFrame(
                 {RECENT_ITEMS: pl.Series(recent, dtype=pl.Array(pl.Int32, fc.recent_items))}

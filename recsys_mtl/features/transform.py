@@ -37,7 +37,7 @@ SIDES = ("user", "item")
 #: Impression columns that are never context features.
 RESERVED = (
     "user_id", "item_id", "timestamp", "click", "purchase", "rating", "split",
-    "user_idx", "item_idx", "sampled",
+    "user_idx", "item_idx", "sampled", "visible_at",
 )  # fmt: skip
 
 
@@ -332,26 +332,36 @@ class FeatureTransform:
 
     def serving_rows(self, frame: pl.DataFrame, side: str) -> pl.DataFrame:
         """Row features of `side` for query rows (user_id / item_id, optional timestamp
-        and context columns) from the serving state."""
+        and context columns), read from the serving state as of each row's timestamp
+        (a row without one reads the latest state, at the state's reference time)."""
         key = f"{side}_id"
         reference = self.history.spec.reference_time if self.history is not None else 0
+        times: np.ndarray | None = None
         if "timestamp" not in frame.columns:
             frame = frame.with_columns(pl.lit(reference, pl.Int64).alias("timestamp"))
-        elif isinstance(frame.schema["timestamp"], pl.Datetime | pl.Date):
-            frame = frame.with_columns(pl.col("timestamp").dt.epoch("s"))
+        else:
+            if isinstance(frame.schema["timestamp"], pl.Datetime | pl.Date):
+                frame = frame.with_columns(pl.col("timestamp").dt.epoch("s"))
+            stamps = frame["timestamp"].cast(pl.Int64)
+            latest = int(np.iinfo(np.int64).max // 4)
+            times = stamps.fill_null(latest).to_numpy()
+            frame = frame.with_columns(stamps.fill_null(reference).alias("timestamp"))
         parts = [self.context_features(frame)] if side == "user" else []
-        if self.history is not None and self.history.columns(side):
-            raw = self.history.state_rows(frame[key], side)
-            raw = raw.with_columns(frame["timestamp"].cast(pl.Int64).alias("timestamp"))
-            parts.append(self.history.features(raw, side, pl.col("timestamp")))
-        if side == "user" and self.settings.recent_items:
-            assert self.history is not None
-            recent = self.history.state_recent_items(frame[key])
-            parts.append(
-                pl.DataFrame(
-                    {RECENT_ITEMS: pl.Series(recent, dtype=pl.Array(pl.Int32, recent.shape[1]))}
+        wanted = self.history is not None and (
+            self.history.columns(side) or (side == "user" and self.settings.recent_items)
+        )
+        if self.history is not None and wanted:
+            raw, recent = self.history.serving_read(frame[key], side, times)
+            if self.history.columns(side):
+                raw = raw.with_columns(frame["timestamp"].alias("timestamp"))
+                parts.append(self.history.features(raw, side, pl.col("timestamp")))
+            if side == "user" and self.settings.recent_items:
+                assert recent is not None
+                parts.append(
+                    pl.DataFrame(
+                        {RECENT_ITEMS: pl.Series(recent, dtype=pl.Array(pl.Int32, recent.shape[1]))}
+                    )
                 )
-            )
         return concat_columns(parts)
 
     def encode_pairs(self, frame: pl.DataFrame, where: str = "input") -> pl.DataFrame:
