@@ -20,7 +20,9 @@ from recsys_mtl.pipeline import evaluate_stage, train_stage
 
 def contract_params(names: list[str], keep: tuple[str, ...]) -> list[Any]:
     """Parameters of a planted-structure contract test over every plug-in: the `keep`
-    ones run in `make test`, the rest are marked `heavy` (`make test-all` runs them)."""
+    ones run in `make test`, the rest are marked `heavy` (`make test-all` runs them).
+    The defaults (hard sharing, static weights) are checked in `make test` by
+    test_model.py::test_model_recovers_planted_structure."""
     return [n if n in keep else pytest.param(n, marks=pytest.mark.heavy) for n in names]
 
 
