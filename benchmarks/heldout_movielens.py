@@ -94,6 +94,7 @@ DESCRIPTIONS = {
     "recent_ratings_only": "static + the mean of the last 5 ratings",
     "recency_only": "static + recency",
 }
+COLUMNS = ("user_id", "item_id", "timestamp", "click", "purchase", "rating")
 COMPARED = ("click_auc", "purchase_auc", f"recall@{K}")
 
 
@@ -140,14 +141,10 @@ def with_negatives(positives: pl.DataFrame, rated: pl.DataFrame, items: np.ndarr
             "purchase": np.zeros(users.size, dtype=np.int8),
             "rating": pl.Series([None] * users.size, dtype=pl.Float32),
         }
-    ).cast(positives.select(negatives_schema(positives)).schema)
+    ).cast(positives.select(COLUMNS).schema)
     return pl.concat([positives, negatives]).sort(
         "user_id", "timestamp", "click", descending=[False, False, True]
     )
-
-
-def negatives_schema(frame: pl.DataFrame) -> list[str]:
-    return ["user_id", "item_id", "timestamp", "click", "purchase", "rating"]
 
 
 def prepare(protocol: str) -> dict[str, Path]:
@@ -155,7 +152,7 @@ def prepare(protocol: str) -> dict[str, Path]:
     folder = WORK / protocol
     folder.mkdir(parents=True, exist_ok=True)
     earlier, later, users, items = cut(protocol)
-    columns = negatives_schema(earlier)
+    columns = list(COLUMNS)
     held_out = with_negatives(
         later.select(columns),
         pl.concat([earlier, later]).select("user_id", "item_id"),
@@ -265,8 +262,6 @@ class Rows:
     def ranking(self, top: pl.DataFrame) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Recall/NDCG@K of per-user top lists (user_id, item_id, rank)."""
         users = self.relevant["user_id"]
-        lists = None
-        del lists
         listed = top.filter((pl.col("rank") <= K) & pl.col("user_id").is_in(users.implode()))
         top_items = np.full((users.len(), K), -1, dtype=np.int64)
         row = users.search_sorted(listed["user_id"]).to_numpy()

@@ -33,6 +33,7 @@ from recsys_mtl.config import ModelSection, RetrievalSection, TaskConfig
 from recsys_mtl.data.schema import to_polars
 from recsys_mtl.errors import RecsysError
 from recsys_mtl.features.pipeline import replace_folder
+from recsys_mtl.features.state import read_times
 from recsys_mtl.features.transform import FeatureTransform
 from recsys_mtl.features.vocab import FIRST, UNKNOWN
 from recsys_mtl.model.embeddings import RowInputs, SideInputs
@@ -109,28 +110,12 @@ class Recommender:
         """`interactions`: every event the bundle is given (all splits), with user_idx,
         item_idx, click and (for as-of reads) visible_at; its positives are the seen
         items, each excluded from requests at or after the time it became visible."""
-        when = (
-            pl.col("visible_at").cast(pl.Int64)
-            if "visible_at" in interactions.columns
-            else pl.lit(np.iinfo(np.int64).min, pl.Int64)
-        )
-        positives = (
-            interactions.filter((pl.col("click") == 1) & (pl.col("item_idx") >= FIRST))
-            .group_by("user_idx", "item_idx")
-            .agg(when.min().alias("visible_at"))
-            .sort("user_idx", "visible_at", "item_idx")
-        )
-        counts = np.bincount(positives["user_idx"].to_numpy(), minlength=transform.users.ids.size)
-        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(
-            model,
-            transform,
-            indptr,
-            positives["item_idx"].to_numpy().astype(np.int64),
-            retrieval,
-            model_cfg,
-            seen_visible=positives["visible_at"].to_numpy().astype(np.int64),
-        )
+        indptr, items, visible = seen_csr(interactions, transform.users.ids.size)
+        return cls(model, transform, indptr, items, retrieval, model_cfg, seen_visible=visible)
+
+    def seen_rows(self) -> np.ndarray:
+        """(nnz,) the user index of every seen entry (the CSR's rows, expanded)."""
+        return np.repeat(np.arange(len(self.seen_indptr) - 1), np.diff(self.seen_indptr))
 
     def seen_before(
         self, user_idx: np.ndarray, times: np.ndarray | None = None
@@ -167,13 +152,21 @@ class Recommender:
             self.transform.items.ids.cast(frame["item_id"], where),
         ).unique(maintain_order=True)
         history = self.transform.history
-        held = (
-            history.events.select("user_id", "item_id", "timestamp", "click", "purchase", "rating")
-            if history is not None
-            else self._seen_events()
+        if history is not None:  # the same event (user, item, time, click) is not new
+            keys = ["user_id", "item_id", "timestamp", "click"]
+            held = history.events.select(keys)
+        else:  # no event log: a click on a pair already seen is not new
+            keys = ["user_id", "item_id", "click"]
+            held = pl.DataFrame(
+                {
+                    "user_id": self.transform.users.ids.decode(self.seen_rows()),
+                    "item_id": self.transform.items.ids.decode(self.seen_items),
+                    "click": np.ones(self.seen_items.size, dtype=np.int8),
+                }
+            )
+        new = frame.join(
+            held.unique().cast(frame.select(keys).schema), on=keys, how="anti", nulls_equal=True
         )
-        keys = ["user_id", "item_id", "timestamp", "click"]
-        new = frame.join(held.select(keys).unique(), on=keys, how="anti", nulls_equal=True)
         if new.height == 0:
             return 0
         freshness = history.spec.freshness if history is not None else "online"
@@ -189,38 +182,21 @@ class Recommender:
         self._add_seen(new)
         return new.height
 
-    def _seen_events(self) -> pl.DataFrame:
-        """The seen set as events (for bundles without a history state)."""
-        users = np.repeat(np.arange(len(self.seen_indptr) - 1), np.diff(self.seen_indptr))
-        return pl.DataFrame(
-            {
-                "user_id": self.transform.users.ids.decode(users),
-                "item_id": self.transform.items.ids.decode(self.seen_items),
-                "timestamp": self.seen_visible,
-                "click": np.ones(self.seen_items.size, dtype=np.int8),
-            }
-        )
-
     def _add_seen(self, new: pl.DataFrame) -> None:
         """Add the clicked, known (user, item) pairs of `new` (user_idx, item_idx, click,
         visible_at) to the seen CSR; a pair already seen keeps its earlier time."""
-        users = np.repeat(np.arange(len(self.seen_indptr) - 1), np.diff(self.seen_indptr))
         old = pl.DataFrame(
             {
-                "user_idx": users.astype(np.int32),
+                "user_idx": self.seen_rows().astype(np.int32),
                 "item_idx": self.seen_items.astype(np.int32),
-                "click": np.ones(users.size, dtype=np.int8),
+                "click": np.ones(self.seen_items.size, dtype=np.int8),
                 "visible_at": self.seen_visible,
             }
         )
-        both = pl.concat([old, new.select(old.columns)], how="vertical_relaxed").filter(
-            pl.col("user_idx") >= FIRST
+        both = pl.concat([old, new.select(old.columns)], how="vertical_relaxed")
+        self.seen_indptr, self.seen_items, self.seen_visible = seen_csr(
+            both.filter(pl.col("user_idx") >= FIRST), len(self.seen_indptr) - 1
         )
-        rebuilt = Recommender.from_training(
-            self.model, self.transform, both, self.retrieval, self.model_cfg
-        )
-        self.seen_indptr, self.seen_items = rebuilt.seen_indptr, rebuilt.seen_items
-        self.seen_visible = rebuilt.seen_visible
         self._popular = None
 
     @property
@@ -526,7 +502,7 @@ class Recommender:
         pieces_rows: list[np.ndarray] = []
         pieces_items: list[np.ndarray] = []
         if exclude_seen:
-            indptr, seen = self.seen_before(user_idx, request_times(requests))
+            indptr, seen = self.seen_before(user_idx, read_times(requests))
             pieces_rows.append(np.repeat(np.arange(n_users), np.diff(indptr)))
             pieces_items.append(seen - FIRST)
         if shared.size:
@@ -782,15 +758,27 @@ class Recommender:
         )
 
 
-def request_times(requests: pl.DataFrame) -> np.ndarray | None:
-    """(R,) int64 seconds of the requests' `timestamp` column (a null one: the latest
-    state), or None when the requests carry no time (every read is the latest)."""
-    if "timestamp" not in requests.columns:
-        return None
-    stamps = requests["timestamp"]
-    if isinstance(stamps.dtype, pl.Datetime | pl.Date):
-        stamps = stamps.dt.epoch("s")
-    return stamps.cast(pl.Int64).fill_null(np.iinfo(np.int64).max).to_numpy()
+def seen_csr(interactions: pl.DataFrame, n_users: int) -> tuple[np.ndarray, ...]:
+    """(indptr (n_users + 1,), items, visible_at) of the clicked, known (user_idx,
+    item_idx) pairs of `interactions`, each pair once at its earliest visible_at (rows
+    without the column are visible from the start); sorted by user, then time."""
+    when = (
+        pl.col("visible_at").cast(pl.Int64)
+        if "visible_at" in interactions.columns
+        else pl.lit(np.iinfo(np.int64).min, pl.Int64)
+    )
+    positives = (
+        interactions.filter((pl.col("click") == 1) & (pl.col("item_idx") >= FIRST))
+        .group_by("user_idx", "item_idx")
+        .agg(when.min().alias("visible_at"))
+        .sort("user_idx", "visible_at", "item_idx")
+    )
+    counts = np.bincount(positives["user_idx"].to_numpy(), minlength=n_users)
+    return (
+        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        positives["item_idx"].to_numpy().astype(np.int64),
+        positives["visible_at"].to_numpy().astype(np.int64),
+    )
 
 
 def read_bundle_metadata(folder: Path) -> dict[str, Any]:

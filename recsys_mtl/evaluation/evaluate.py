@@ -16,10 +16,10 @@ import polars as pl
 
 from recsys_mtl.config import TaskConfig
 from recsys_mtl.evaluation.metrics import auc, gauc, log_loss, mae, ranking_metrics, rmse
+from recsys_mtl.features.state import read_times
 from recsys_mtl.features.vocab import FIRST
 from recsys_mtl.model.multitask import conditional_column, output_column
 from recsys_mtl.recommender import Recommender
-from recsys_mtl.recommender import request_times as request_times_of
 from recsys_mtl.training.tensors import TensorData
 
 LOWER_IS_BETTER = ("loss", "logloss", "rmse", "mae", "ece")
@@ -129,7 +129,7 @@ class RankingQueries:
         self.requests = requests
         # what the user had clicked as of the request (the bundle may hold later events)
         self.seen_indptr, self.seen_items = recommender.seen_before(
-            user_idx.astype(np.int64), request_times_of(requests)
+            user_idx.astype(np.int64), read_times(requests)
         )
 
     def __len__(self) -> int:

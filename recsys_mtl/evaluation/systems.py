@@ -87,8 +87,7 @@ def item_popularity(recommender: Recommender, test: pl.DataFrame | None = None) 
     item_idx = encoded["item_idx"].to_numpy().astype(np.int64)
     known = (user_idx >= FIRST) & (item_idx >= FIRST)
     held = np.unique(user_idx[known] * recommender.n_items + item_idx[known])
-    users = np.repeat(np.arange(len(recommender.seen_indptr) - 1), np.diff(recommender.seen_indptr))
-    pairs = users * recommender.n_items + recommender.seen_items
+    pairs = recommender.seen_rows() * recommender.n_items + recommender.seen_items
     in_test = np.isin(pairs, held)
     return counts - np.bincount(recommender.seen_items[in_test], minlength=recommender.n_items)
 

@@ -30,6 +30,20 @@ EVENT_COLUMNS = ("user_id", "item_id", "item_idx", "timestamp", "visible_at",
 #: Raw per-key aggregates, summed over the visible events.
 AGGREGATES = ("n", "clicks", "purchases", "rated", "rating_sum")
 RECENT_RATING_SUM, RECENT_RATED = "recent_rating_sum", "recent_rated"
+#: A read time later than any event: what a request without a timestamp reads as of.
+LATEST = np.iinfo(np.int64).max // 4
+
+
+def read_times(frame: pl.DataFrame) -> np.ndarray | None:
+    """(R,) int64 epoch seconds of `frame`'s `timestamp` column (datetimes converted; a
+    null reads the latest state), or None when the frame has no timestamp (every read
+    is the latest)."""
+    if "timestamp" not in frame.columns:
+        return None
+    stamps = frame["timestamp"]
+    if isinstance(stamps.dtype, pl.Datetime | pl.Date):
+        stamps = stamps.dt.epoch("s")
+    return stamps.cast(pl.Int64).fill_null(LATEST).to_numpy()
 
 
 def visible_at(events: pl.DataFrame, freshness: str, snapshot_fraction: float) -> np.ndarray:

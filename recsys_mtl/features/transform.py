@@ -30,6 +30,7 @@ from recsys_mtl.features.columns import (
     infer_decl,
 )
 from recsys_mtl.features.history import RECENT_ITEMS, HistoryTransform
+from recsys_mtl.features.state import LATEST, read_times
 from recsys_mtl.features.temporal import HOURS, WEEKDAYS, hour_index, weekday_index
 from recsys_mtl.features.vocab import FIRST, PAD, UNKNOWN, Vocabulary, write_parquet_atomic
 
@@ -336,16 +337,12 @@ class FeatureTransform:
         (a row without one reads the latest state, at the state's reference time)."""
         key = f"{side}_id"
         reference = self.history.spec.reference_time if self.history is not None else 0
-        times: np.ndarray | None = None
-        if "timestamp" not in frame.columns:
+        times = read_times(frame)
+        if times is None:
             frame = frame.with_columns(pl.lit(reference, pl.Int64).alias("timestamp"))
-        else:
-            if isinstance(frame.schema["timestamp"], pl.Datetime | pl.Date):
-                frame = frame.with_columns(pl.col("timestamp").dt.epoch("s"))
-            stamps = frame["timestamp"].cast(pl.Int64)
-            latest = int(np.iinfo(np.int64).max // 4)
-            times = stamps.fill_null(latest).to_numpy()
-            frame = frame.with_columns(stamps.fill_null(reference).alias("timestamp"))
+        else:  # recency and time of day of an undated row: at the reference time
+            dated = np.where(times == LATEST, reference, times)
+            frame = frame.with_columns(pl.Series("timestamp", dated, dtype=pl.Int64))
         parts = [self.context_features(frame)] if side == "user" else []
         wanted = self.history is not None and (
             self.history.columns(side) or (side == "user" and self.settings.recent_items)
