@@ -84,6 +84,11 @@ VARIANTS: dict[str, list[str]] = {
     "recent_items_only": [*STATIC, "features.recent_items=5"],
     "recent_ratings_only": [*STATIC, "features.recent_ratings=5"],
     "recency_only": [*STATIC, "features.time=['recency']"],
+    # leave one group out of the shipped settings
+    "no_history": ["features.history=false"],
+    "no_recent_items": ["features.recent_items=0"],
+    "no_recent_ratings": ["features.recent_ratings=0"],
+    "no_recency": ["features.time=[]"],
 }
 DESCRIPTIONS = {
     "shipped": "pipelines/movielens-100k.toml as shipped",
@@ -93,6 +98,10 @@ DESCRIPTIONS = {
     "recent_items_only": "static + the last 5 items",
     "recent_ratings_only": "static + the mean of the last 5 ratings",
     "recency_only": "static + recency",
+    "no_history": "shipped without the history aggregates",
+    "no_recent_items": "shipped without the last 5 items",
+    "no_recent_ratings": "shipped without the mean of the last 5 ratings",
+    "no_recency": "shipped without recency",
 }
 COLUMNS = ("user_id", "item_id", "timestamp", "click", "purchase", "rating")
 COMPARED = ("click_auc", "purchase_auc", f"recall@{K}")
@@ -322,7 +331,7 @@ def main() -> None:
     parser.add_argument(
         "--one-seed-variants",
         nargs="*",
-        default=[v for v in VARIANTS if v not in ("shipped", "static")],
+        default=[v for v in VARIANTS if v.endswith("_only") or v == "online"],
         help="more variants, trained with the first seed only",
     )
     parser.add_argument("--interval-seed", type=int, default=42,
@@ -373,9 +382,7 @@ def main() -> None:
             reps = replicates[seg]
             if "shipped" not in reps:
                 continue
-            for other in ("popularity", "static"):
-                if other not in reps:
-                    continue
+            for other in [name for name in reps if name != "shipped"]:
                 intervals[seg][f"shipped - {other}"] = {
                     m: [
                         float(table[seg]["shipped"][m][0] - table[seg][other][m][0]),

@@ -279,14 +279,22 @@ def _check_device(config: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from recsys_mtl.config import load_config
     from recsys_mtl.pipeline import Paths, run_pipeline
+    from recsys_mtl.tracking import EVALUATED_MODEL
 
     config = load_config(args.pipeline, _overrides(args))
     _check_device(config)
     with _tracker(config, "run", args.resume) as tracker:
         summary = run_pipeline(config, tracker, resume=args.resume)
         if config.tracking.enabled and config.tracking.log_model:
+            paths = Paths(config.output_path)
+            if config.training.deploys_on_all:
+                summary.evaluated_model_uri = tracker.log_recommender(
+                    paths.evaluated_model, None, EVALUATED_MODEL, {"role": "evaluated"}
+                )
             summary.model_uri = tracker.log_recommender(
-                Paths(config.output_path).model, config.tracking.registered_model
+                paths.model,
+                config.tracking.registered_model,
+                tags={"role": "deployed" if config.training.deploys_on_all else "evaluated"},
             )
     print()
     _print_report(Paths(config.output_path).reports)
@@ -296,8 +304,15 @@ def cmd_run(args: argparse.Namespace) -> None:
         with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True):
             print(summary.samples)
     print(f"\nModel bundle: {Paths(config.output_path).model}")
+    if config.training.deploys_on_all:
+        print(
+            "  (retrained on every split for deployment; the test metrics above are the "
+            f"evaluated model's, in {Paths(config.output_path).evaluated_model})"
+        )
     if summary.run_id:
         print(f"MLflow run id: {summary.run_id}")
+    if summary.evaluated_model_uri:
+        print(f"MLflow evaluated model: {summary.evaluated_model_uri}")
     if summary.model_uri:
         print(f"MLflow model: {summary.model_uri}")
         print(
@@ -413,6 +428,12 @@ def cmd_stage(args: argparse.Namespace) -> None:
             features = load_features(paths.features)
             stages.evaluate_stage(config, stages.load_recommender(config), features, tracker)
             _print_report(paths.reports)
+            if config.training.deploys_on_all:
+                stages.deploy_stage(config, features, stages.selected_epochs(config), tracker)
+                print(
+                    f"\ndeployed model (retrained on every split) at {paths.model}; "
+                    f"the evaluated one is in {paths.evaluated_model}"
+                )
         run_id = getattr(tracker, "run_id", None)
         if run_id:
             print(f"MLflow run id: {run_id}")

@@ -219,6 +219,14 @@ class FeaturesSection:
         "user's events (0: the test fraction, the staleness a served row has at most).",
         0.0,
     )
+    snapshot_every: str = _doc(
+        "snapshot only: publish training history in windows of this length of time "
+        "instead of per-user blocks (e.g. '30d', '12h', '3600s'; '' keeps the blocks): "
+        "the state is refreshed every so often, as a bundle retrained on that cadence "
+        "serves. Windows end at the end of the training period; an event becomes visible "
+        "when its window ends.",
+        "",
+    )
     shard_rows: int = _doc("Rows per output Parquet shard.", 2_000_000)
     row_group_rows: int = _doc(
         "Rows per Parquet row group in the shards: the unit that streamed training "
@@ -350,10 +358,14 @@ class TrainingSection:
         "shuffled within the buffer); two buffers are in memory at once.",
         1_000_000,
     )
-    refit: bool = _doc(
-        "After early stopping picks the epoch count, train a fresh model on training + "
-        "validation rows for that many epochs (under a temporal split the validation "
-        "events are the most recent ones before the test period).",
+    refit: bool | str = _doc(
+        "After early stopping picks the epoch count: false keeps the selected model; "
+        "true (or 'validation') trains a fresh model on training + validation rows for "
+        "that many epochs (under a temporal split the validation events are the most "
+        "recent ones before the test period) and evaluates it; 'all' does the same, then "
+        "trains one more on every split (test included) for deployment: it is the bundle "
+        "in model/, the evaluated one is kept in model_evaluated/, and both are logged to "
+        "MLflow (the test metrics belong to the evaluated one).",
         False,
     )
     retrieval_loss_weight: float = _doc(
@@ -385,6 +397,16 @@ class TrainingSection:
         "every this many batches; 0 turns it off.",
         25,
     )
+
+    @property
+    def refits(self) -> bool:
+        """Whether the evaluated model is retrained on training + validation rows."""
+        return self.refit is not False
+
+    @property
+    def deploys_on_all(self) -> bool:
+        """Whether a model retrained on every split (test included) is the one shipped."""
+        return self.refit == "all"
 
 
 @dataclass
@@ -753,6 +775,11 @@ def validate(config: PipelineConfig) -> None:
                 f"objectives.{name} must be positive, got {getattr(objectives, name)}",
                 fix=f"set objectives.{name} above 0",
             )
+    if config.training.refit not in (False, True, "validation", "all"):
+        raise RecsysError(
+            f"unknown training.refit {config.training.refit!r}",
+            fix="use false, true (= 'validation') or 'all'",
+        )
     if config.training.ranking_users < 0:
         raise RecsysError(
             f"training.ranking_users must be >= 0, got {config.training.ranking_users}",
@@ -892,6 +919,24 @@ def _one_of(setting: str, value: str, allowed: tuple[str, ...]) -> None:
         )
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def snapshot_seconds(every: str) -> int:
+    """features.snapshot_every in seconds ('' -> 0: per-user blocks)."""
+    text = every.strip()
+    if not text:
+        return 0
+    number, unit = text[:-1], text[-1]
+    if unit not in _UNITS or not number.replace(".", "", 1).isdigit() or float(number) <= 0:
+        raise RecsysError(
+            f"features.snapshot_every must be a positive length of time, got {every!r}",
+            where="[features]",
+            fix="write e.g. snapshot_every = '30d' (units s, m, h, d, w), or '' for blocks",
+        )
+    return max(1, round(float(number) * _UNITS[unit]))
+
+
 def _validate_features(f: FeaturesSection) -> None:
     _one_of("features.split", f.split, ("per_user_temporal", "global_time", "random"))
     _one_of("features.negative_sampler", f.negative_sampler, ("uniform", "popularity"))
@@ -903,6 +948,7 @@ def _validate_features(f: FeaturesSection) -> None:
             where="[features]",
             fix="use e.g. snapshot_fraction = 0.2, or 0 for the test fraction",
         )
+    snapshot_seconds(f.snapshot_every)
     _one_of("features.missing_side_rows", f.missing_side_rows, ("error", "unknown"))
     if f.split != "per_user_temporal" and (f.validation_last_n or f.test_last_n):
         raise RecsysError(

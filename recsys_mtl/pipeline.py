@@ -74,6 +74,11 @@ class Paths:
         return self.root / "model"
 
     @property
+    def evaluated_model(self) -> Path:
+        """With training.refit = 'all': the evaluated bundle (model/ holds the deployed)."""
+        return self.root / "model_evaluated"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
@@ -101,6 +106,7 @@ class RunSummary:
     samples: pl.DataFrame | None = None
     run_id: str | None = None
     model_uri: str | None = None
+    evaluated_model_uri: str | None = None
 
 
 def features_stage(config: PipelineConfig, tracker: Tracker | None = None) -> FeatureSet:
@@ -223,7 +229,7 @@ def _fit(
         result = trainer.fit(inputs.rows, validation, resume_from)
     except ValueError as exc:
         raise RecsysError(str(exc), fix="set training.monitor to one of those names") from None
-    if config.training.refit:
+    if config.training.refits:
         del inputs
         torch.manual_seed(config.pipeline.seed)
         everything = training_input(
@@ -527,7 +533,11 @@ def evaluate_stage(
         "model_selection": {
             "monitor": config.training.monitor,
             "on": "validation",
-            "refit_on_train_and_validation": config.training.refit,
+            "refit_on_train_and_validation": config.training.refits,
+            "deployed": "a model retrained on every split (training.refit = 'all'); these "
+            "metrics are the evaluated model's, kept in model_evaluated/"
+            if config.training.deploys_on_all
+            else "the evaluated model",
         },
         "test_split": "read once, after training",
         "scored_by": "the shipped bundle (Recommender.predict / recommend), as "
@@ -552,6 +562,77 @@ def evaluate_stage(
     tracker.log_metrics(metrics)
     tracker.log_artifact(paths.reports, "reports")
     return metrics
+
+
+def deploy_stage(
+    config: PipelineConfig,
+    features: FeatureSet,
+    epochs: int,
+    tracker: Tracker | None = None,
+) -> Recommender:
+    """`training.refit = 'all'`, after evaluation: keep the evaluated bundle in
+    model_evaluated/, train a fresh model on every split (test included) for `epochs`
+    (the count early stopping selected) and ship it in model/, indexed as the evaluated
+    one was. Its serving state and seen set are the evaluated bundle's (every event)."""
+    import shutil
+
+    tracker = tracker or NoopTracker()
+    paths = Paths(config.output_path)
+    staging = paths.evaluated_model.with_name(paths.evaluated_model.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(paths.model, staging)
+    shutil.rmtree(paths.evaluated_model, ignore_errors=True)
+    staging.rename(paths.evaluated_model)
+    start = time.perf_counter()
+    torch.manual_seed(config.pipeline.seed)
+    tasks = config.tasks
+    retrieval_label = tasks[retrieval_task_name(config)].label
+    splits = ["train", "validation", "test"]
+    everything = training_input(features, splits, tasks, config.training, retrieval_label)
+    model = build_model(features.transform, config.model, tasks, everything.label_means)
+    trainer = _trainer(config, model, everything, None, None)
+    trainer.refit(everything.rows, TrainingResult(best_epoch=epochs, best_score=float("nan")))
+    model.to("cpu")
+    del everything
+    recommender = Recommender.from_training(
+        model,
+        features.transform,
+        seen_interactions(features, tuple(splits)),
+        config.retrieval,
+        config.model,
+    )
+    recommender.save(paths.model)
+    index_stage(config, recommender)
+    rows = sum(features.spec["rows"][name] for name in splits)
+    tracker.log_metrics(
+        {
+            "deploy/seconds": time.perf_counter() - start,
+            "deploy/epochs": epochs,
+            "deploy/rows": rows,
+        }
+    )
+    tracker.set_tags(
+        {
+            "deployed_model": "retrained on train + validation + test (training.refit = 'all')",
+            "evaluated_model": "model_evaluated/ (the test metrics are its)",
+        }
+    )
+    write_json_atomic(
+        {"epochs": epochs, "splits": splits, "rows": rows, "evaluated_model": "model_evaluated"},
+        paths.training / "deployment.json",
+    )
+    return recommender
+
+
+def selected_epochs(config: PipelineConfig) -> int:
+    """The epoch count early stopping selected, from the training record."""
+    record = Paths(config.output_path).training / "history.json"
+    if not record.is_file():
+        raise RecsysError(
+            f"no training record in '{record}'",
+            fix="run `recsys-mtl train PIPELINE.toml` before evaluating",
+        )
+    return int(json.loads(record.read_text())["best_epoch"])
 
 
 def sample_queries(
@@ -583,5 +664,7 @@ def run_pipeline(
     assert recommender is not None
     index_stage(config, recommender, tracker)
     metrics = evaluate_stage(config, recommender, features, tracker)
+    if config.training.deploys_on_all:
+        recommender = deploy_stage(config, features, result.best_epoch, tracker)
     samples = sample_queries(config, recommender, features)
     return RunSummary(metrics, result, samples, tracker.run_id)

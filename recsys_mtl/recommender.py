@@ -12,6 +12,7 @@ Bundle folder (written under a temporary name, then renamed into place):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -142,6 +143,52 @@ class Recommender:
         latest new event. Events the bundle already holds (same user, item, time and
         labels) are ignored, so re-sending them changes nothing. Returns how many were
         new. `save` writes the new state version atomically."""
+        new = self._unheld_events(events, where)
+        if new.height == 0:
+            return 0
+        history = self.transform.history
+        freshness = history.spec.freshness if history is not None else "online"
+        if freshness == "online":
+            when = pl.col("timestamp")
+        else:
+            when = pl.col("timestamp").max().over("user_id")
+        new = self.transform.encode_pairs(new, where).with_columns(
+            when.cast(pl.Int64).alias("visible_at")
+        )
+        if history is not None:
+            history.add_events(new)
+        self._add_seen(new)
+        return new.height
+
+    def with_events(self, events: Any, users: Any, where: str = "request events") -> Recommender:
+        """A view of this bundle that also knows `events` (a user's latest, e.g. carried
+        by a request), each visible from its own time, for requests about `users` (raw
+        ids; every user of `events` is included): their history features and seen sets
+        read the bundle's state plus these events (items keep this bundle's features and
+        index). Events the bundle already holds are not counted twice. Nothing is
+        written and this bundle does not change (use `observe` to keep events)."""
+        new = self._unheld_events(events, where)
+        if new.height == 0:
+            return self
+        new = self.transform.encode_pairs(new, where).with_columns(
+            pl.col("timestamp").cast(pl.Int64).alias("visible_at")
+        )
+        self.item_rows()  # the items as this bundle serves (and indexed) them, shared
+        view = copy.copy(self)
+        history = self.transform.history
+        if history is not None:
+            view.transform = copy.copy(self.transform)
+            ids = users if isinstance(users, pl.Series) else pl.Series(list(users))
+            view.transform.history = history.with_user_events(
+                new, self.transform.users.ids.cast(ids.rename("user_id"), where)
+            )
+        view._add_seen(new)
+        return view
+
+    def _unheld_events(self, events: Any, where: str) -> pl.DataFrame:
+        """`events` validated as impressions (user_id, item_id, timestamp, click,
+        purchase, rating), ids in the vocabularies' types, less those the bundle holds
+        (same user, item, time and click; without an event log: clicks on seen pairs)."""
         from recsys_mtl.data.schema import validate_impressions
 
         frame = validate_impressions(events, where).select(
@@ -164,23 +211,9 @@ class Recommender:
                     "click": np.ones(self.seen_items.size, dtype=np.int8),
                 }
             )
-        new = frame.join(
+        return frame.join(
             held.unique().cast(frame.select(keys).schema), on=keys, how="anti", nulls_equal=True
         )
-        if new.height == 0:
-            return 0
-        freshness = history.spec.freshness if history is not None else "online"
-        if freshness == "online":
-            when = pl.col("timestamp")
-        else:
-            when = pl.col("timestamp").max().over("user_id")
-        new = self.transform.encode_pairs(new, where).with_columns(
-            when.cast(pl.Int64).alias("visible_at")
-        )
-        if history is not None:
-            history.add_events(new)
-        self._add_seen(new)
-        return new.height
 
     def _add_seen(self, new: pl.DataFrame) -> None:
         """Add the clicked, known (user, item) pairs of `new` (user_idx, item_idx, click,

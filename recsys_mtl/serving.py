@@ -7,6 +7,13 @@ user with each head's score. With `item_id` it scores the given pairs (plus
 `user_known` / `item_known` flags). Params (all optional, per request): `k`,
 `fusion_mode`, `weight_<task>` (the fusion weights), `exclude_items` (for every user),
 `exclude_seen`. Together with tracking.py this is the only code that imports MLflow.
+
+A request can carry each user's latest events, which the served state may not hold
+yet, as aligned list columns per row: `events_item_id` and `events_timestamp`
+(required together), `events_click` (default 1), `events_purchase` (default 0) and
+`events_rating` (default none; NaN is none). They count for this request only (history
+features and seen items, each event visible from its own time); `recsys-mtl observe`
+keeps events.
 """
 
 from __future__ import annotations
@@ -23,6 +30,15 @@ from recsys_mtl.errors import RecsysError
 
 BUNDLE_ARTIFACT = "bundle"
 WEIGHT_PREFIX = "weight_"
+EVENTS_PREFIX = "events_"
+#: Request list columns -> the event column each holds, with its default (None: required).
+REQUEST_EVENT_COLUMNS: dict[str, tuple[str, object]] = {
+    "events_item_id": ("item_id", None),
+    "events_timestamp": ("timestamp", None),
+    "events_click": ("click", 1),
+    "events_purchase": ("purchase", 0),
+    "events_rating": ("rating", float("nan")),
+}
 MODEL_CODE = Path(__file__).with_name("serving_entry.py")
 """Logged as the model's code (MLflow "models from code"): nothing is pickled."""
 
@@ -57,6 +73,9 @@ def answer(recommender: Any, model_input: Any, params: dict[str, Any] | None) ->
         else pl.from_pandas(pd.DataFrame(model_input))
     )
     params = dict(params or {})
+    frame, events = request_events(frame)
+    if events is not None:
+        recommender = recommender.with_events(events, frame["user_id"])
     if "item_id" in frame.columns and frame["item_id"].null_count() < frame.height:
         return recommender.score_pairs(frame, "request").to_pandas()
     if "item_id" in frame.columns:
@@ -80,6 +99,52 @@ def answer(recommender: Any, model_input: Any, params: dict[str, Any] | None) ->
         where="request",
     )
     return result.to_pandas()
+
+
+def request_events(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """The request without its `events_*` list columns, and the events they carry as an
+    impressions frame (None when it carries none)."""
+    given = [c for c in frame.columns if c.startswith(EVENTS_PREFIX)]
+    if not given:
+        return frame, None
+    unknown = sorted(set(given) - set(REQUEST_EVENT_COLUMNS))
+    missing = [c for c, (_, default) in REQUEST_EVENT_COLUMNS.items()
+               if default is None and c not in given]  # fmt: skip
+    if unknown or missing:
+        raise RecsysError(
+            f"request event columns: unknown {unknown}, missing {missing}",
+            where="request",
+            fix="send events_item_id and events_timestamp (lists of equal length per row), "
+            "optionally events_click, events_purchase, events_rating",
+        )
+    lengths = frame.select(pl.col(c).list.len().alias(c) for c in given)
+    unequal = lengths.select(
+        pl.any_horizontal(pl.col(c).fill_null(0) != pl.col(given[0]).fill_null(0) for c in given)
+    ).to_series()
+    if unequal.any():
+        row = int(unequal.arg_true()[0])
+        raise RecsysError(
+            f"request row {row}: the events_* lists differ in length "
+            f"({dict(zip(given, lengths.row(row), strict=True))})",
+            where="request",
+            fix="give one value per event in every events_* list of a row",
+        )
+    events = (
+        frame.select("user_id", *given)
+        .explode(given)
+        .drop_nulls(["events_item_id", "events_timestamp"])
+        .rename({c: REQUEST_EVENT_COLUMNS[c][0] for c in given})
+    )
+    defaults = [
+        pl.lit(default).alias(column)
+        for name, (column, default) in REQUEST_EVENT_COLUMNS.items()
+        if default is not None and name not in given
+    ]
+    events = events.with_columns(defaults).with_columns(
+        pl.col("rating").cast(pl.Float64).fill_nan(None),
+        pl.col("timestamp").cast(pl.Int64),
+    )
+    return frame.drop(given), events
 
 
 def _is_nan(value: Any) -> bool:
@@ -121,6 +186,11 @@ def _signature(bundle_dir: Path) -> Any:
         ColSpec(item_type, "item_id", required=False),
         ColSpec(DataType.long, "timestamp", required=False),
         ColSpec(Array(item_type), "exclude_items", required=False),
+        ColSpec(Array(item_type), "events_item_id", required=False),
+        ColSpec(Array(DataType.long), "events_timestamp", required=False),
+        ColSpec(Array(DataType.long), "events_click", required=False),
+        ColSpec(Array(DataType.long), "events_purchase", required=False),
+        ColSpec(Array(DataType.double), "events_rating", required=False),
     ]
     table = transform.users.table
     if table is not None:
@@ -180,9 +250,14 @@ def _input_example(bundle_dir: Path) -> pd.DataFrame | None:
 
 
 def log_pyfunc_model(
-    mlflow: Any, bundle_dir: Path, name: str, registered_name: str | None = None
+    mlflow: Any,
+    bundle_dir: Path,
+    name: str,
+    registered_name: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
-    """Log the bundle as a pyfunc model in the active run; returns the model URI."""
+    """Log the bundle as a pyfunc model in the active run (`tags` on the logged
+    model); returns the model URI."""
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=str(MODEL_CODE),
@@ -190,6 +265,7 @@ def log_pyfunc_model(
         signature=_signature(bundle_dir),
         input_example=_input_example(bundle_dir),
         registered_model_name=registered_name or None,
+        tags=tags or None,
     )
     return str(info.model_uri)
 

@@ -20,6 +20,8 @@ from recsys_mtl.errors import RecsysError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
 MODEL_NAME = "recommender"
+#: The evaluated bundle's name in a run whose shipped model was retrained on every split.
+EVALUATED_MODEL = "recommender_evaluated"
 
 
 class Tracker(Protocol):
@@ -156,11 +158,18 @@ class MlflowTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._mlflow.set_tags(tags)
 
-    def log_recommender(self, bundle_dir: Path, registered_name: str | None = None) -> str:
-        """Log the bundle as an MLflow pyfunc model; returns its model URI."""
+    def log_recommender(
+        self,
+        bundle_dir: Path,
+        registered_name: str | None = None,
+        name: str = MODEL_NAME,
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """Log the bundle as an MLflow pyfunc model named `name` (with `tags` on the
+        logged model); returns its model URI."""
         from recsys_mtl.serving import log_pyfunc_model
 
-        return log_pyfunc_model(self._mlflow, bundle_dir, MODEL_NAME, registered_name)
+        return log_pyfunc_model(self._mlflow, bundle_dir, name, registered_name, tags)
 
 
 @contextlib.contextmanager

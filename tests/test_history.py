@@ -9,9 +9,10 @@ import pytest
 import torch
 from polars.testing import assert_frame_equal
 
-from recsys_mtl.config import config_from_dict
+from recsys_mtl.config import config_from_dict, snapshot_seconds
 from recsys_mtl.data.dataset import Dataset
 from recsys_mtl.data.synthetic import generate_synthetic
+from recsys_mtl.errors import RecsysError
 from recsys_mtl.features.pipeline import build_features
 from recsys_mtl.features.state import EventState, visible_at
 from recsys_mtl.features.vocab import FIRST
@@ -92,6 +93,23 @@ def test_snapshot_blocks_publish_each_users_events_together() -> None:
     shuffled = frame.with_row_index("r").sample(fraction=1.0, shuffle=True, seed=1)
     again = visible_at(shuffled.drop("r"), "snapshot", 0.2)
     assert again.tolist() == [got[r] for r in shuffled["r"].to_list()]  # order-free
+
+
+def test_snapshot_windows_of_time_end_at_the_end_of_training() -> None:
+    # training ends at 200 (user 2's last training event); windows of 50 end at 100,
+    # 150, 200: the same for every user; validation/test stay one block per user
+    frame = pl.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1, 1, 2, 2, 2],
+            "timestamp": [60, 120, 150, 151, 210, 99, 200, 230],
+            "split": [0, 0, 0, 0, 2, 0, 0, 1],
+        }
+    )
+    got = visible_at(frame, "snapshot", 0.2, snapshot_every=50).tolist()
+    assert got == [100, 150, 150, 200, 210, 100, 200, 230]
+    assert snapshot_seconds("2d") == 172800 and snapshot_seconds("") == 0
+    with pytest.raises(RecsysError, match="snapshot_every"):
+        snapshot_seconds("soon")
 
 
 # ---------------------------------------------------------------------------- end to end

@@ -134,7 +134,16 @@ def test_pyfunc_scores_user_item_pairs_like_recommender_predict(
 
 def test_signature_has_the_request_columns_and_params(pyfunc: Any) -> None:
     inputs = {spec.name: spec for spec in pyfunc.metadata.get_input_schema().inputs}
-    assert set(inputs) == {"user_id", "item_id", "timestamp", "exclude_items", "segment"}
+    events = {"events_item_id", "events_timestamp", "events_click", "events_purchase"}
+    assert set(inputs) == {
+        "user_id",
+        "item_id",
+        "timestamp",
+        "exclude_items",
+        "segment",
+        *events,
+        "events_rating",
+    }
     assert inputs["user_id"].required
     assert not any(inputs[name].required for name in inputs if name != "user_id")
     assert inputs["user_id"].type == DataType.long  # the smoke vocabulary holds Int64 ids
@@ -301,6 +310,34 @@ def test_rest_params_weights_and_exclusions(
     assert code == 0, stderr
     expected = pl.read_parquet(out).to_pandas()
     pd.testing.assert_frame_equal(answered, expected, check_dtype=False, rtol=1e-5)
+
+
+def test_rest_request_carrying_the_users_latest_events(
+    served: str, recommender: Recommender, users: list[int]
+) -> None:
+    """A request's events_* columns count for that request: the items they clicked are
+    excluded and the answer is the in-process one with the same events; the served
+    model itself does not keep them."""
+    from recsys_mtl.serving import answer
+
+    user = users[0]
+    plain = _invoke(served, {"dataframe_records": [{"user_id": user}], "params": {"k": 5}})
+    assert plain.status_code == 200, plain.text
+    clicked = [row["item_id"] for row in plain.json()["predictions"][:2]]
+    record = {
+        "user_id": user,
+        "events_item_id": clicked,
+        "events_timestamp": [2_000_000_000, 2_000_000_060],
+        "events_rating": [5.0, None],
+    }
+    response = _invoke(served, {"dataframe_records": [record], "params": {"k": 5}})
+    assert response.status_code == 200, response.text
+    answered = pd.DataFrame(response.json()["predictions"])
+    assert not set(clicked) & set(answered["item_id"])
+    expected = answer(recommender, pd.DataFrame([record]), {"k": 5})
+    pd.testing.assert_frame_equal(answered, expected, check_dtype=False, rtol=1e-5)
+    again = _invoke(served, {"dataframe_records": [{"user_id": user}], "params": {"k": 5}})
+    assert again.json() == plain.json()
 
 
 # name -> (request body, sent as JSON or as raw bytes, a phrase of the answer's message)

@@ -564,3 +564,56 @@ def test_observe_cli_rewrites_the_bundle(trained, tmp_path) -> None:
     out = loaded.recommend([user], k=loaded.index.n_items)
     assert item not in out["item_id"].to_list()
     assert main(["observe", "--model", str(tmp_path / "nothing"), "--events", str(path)]) == 2
+
+
+def test_a_request_carrying_events_reads_them_for_that_request_only(trained, tmp_path) -> None:
+    """`with_events` (what a REST request with events_* columns runs) reads the user's
+    history and seen set exactly as the bundle would after `observe` under online
+    freshness, and changes nothing in the bundle."""
+    from recsys_mtl.serving import answer
+
+    _, features, recommender = trained
+    bundle = _copy_bundle(recommender, tmp_path / "model")
+    user = int(features.test["user_id"][0])
+    later = int(features.test["timestamp"].max()) + 3600
+    before = bundle.recommend([user], k=5, fusion=CLICK_ONLY)
+    new_items = before["item_id"].head(2).to_list()
+    events = pl.DataFrame(
+        {
+            "user_id": [user, user],
+            "item_id": new_items,
+            "timestamp": [later, later + 60],
+            "click": [1, 1],
+            "purchase": [0, 1],
+            "rating": [None, 4.0],
+        }
+    )
+    view = bundle.with_events(events, [user])
+    observed = _copy_bundle(recommender, tmp_path / "observed")
+    observed.transform.history.spec.freshness = "online"  # each event visible at its time
+    assert observed.observe(events) == 2
+    for at in (None, np.array([later + 61]), np.array([later + 1])):
+        got = view.transform.history.serving_read(pl.Series([user]), "user", at)
+        want = observed.transform.history.serving_read(pl.Series([user]), "user", at)
+        assert_frame_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    after = view.recommend([user], k=5, fusion=CLICK_ONLY)
+    assert not set(new_items) & set(after["item_id"].to_list())
+    # the same through the pyfunc's request columns
+    request = pl.DataFrame(
+        {
+            "user_id": [user],
+            "events_item_id": [new_items],
+            "events_timestamp": [[later, later + 60]],
+            "events_purchase": [[0, 1]],
+            "events_rating": [[float("nan"), 4.0]],
+        }
+    )
+    params = {"k": 5, **{f"weight_{t}": w for t, w in CLICK_ONLY.items()}}
+    answered = pl.from_pandas(answer(bundle, request, params))
+    assert_frame_equal(answered, after, check_dtypes=False)
+    # the bundle itself is unchanged, and events it already holds are not counted again
+    assert_frame_equal(bundle.recommend([user], k=5, fusion=CLICK_ONLY), before)
+    assert observed.with_events(events, [user]) is observed
+    with pytest.raises(RecsysError, match="differ in length"):
+        answer(bundle, request.with_columns(events_timestamp=pl.lit([later])), params)

@@ -15,6 +15,7 @@ statistics and holds the serving state (all events, with their visible_at).
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,6 +98,22 @@ class HistoryTransform:
         self.events = pl.concat([self.events, new])
         self.spec.reference_time = max(self.spec.reference_time, int(new["timestamp"].max()))
         self._states.clear()
+
+    def with_user_events(self, new: pl.DataFrame, users: pl.Series) -> HistoryTransform:
+        """A view that also holds `new` (EVENT_COLUMNS) for the user-side reads of
+        `users` (which must include every user of `new`): its user state holds only
+        these users' events, so building it costs one scan of the events, not a sort of
+        them all; item-side reads stay on this transform's state (a request's events
+        update its own user's history; item statistics move with `observe`). Nothing
+        here changes."""
+        wanted = pl.concat([users.cast(self.events.schema["user_id"]), new["user_id"]]).unique()
+        mine = self.events.filter(pl.col("user_id").is_in(wanted.implode()))
+        added = new.select(self.events.columns).cast(self.events.schema)
+        view = HistoryTransform(copy.copy(self.spec), pl.concat([mine, added]))
+        view._states["item"] = self.state("item")
+        if added.height:
+            view.spec.reference_time = max(self.spec.reference_time, int(added["timestamp"].max()))
+        return view
 
     # ------------------------------------------------------------------ fitting
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys_mtl.config import FeaturesSection, PipelineConfig
+from recsys_mtl.config import FeaturesSection, PipelineConfig, snapshot_seconds
 from recsys_mtl.data.dataset import ORACLE_PREFIX, Dataset
 from recsys_mtl.errors import RecsysError
 from recsys_mtl.features.history import N_SPLITS, RECENT_ITEMS, HistoryTransform
@@ -148,7 +148,12 @@ def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
     impressions = impressions.with_columns(
         pl.Series(
             "visible_at",
-            visible_at(impressions, fc.freshness, fc.snapshot_fraction or fc.test_fraction),
+            visible_at(
+                impressions,
+                fc.freshness,
+                fc.snapshot_fraction or fc.test_fraction,
+                snapshot_seconds(fc.snapshot_every),
+            ),
         )
     )
     train_rows = impressions.filter(pl.col("split") == TRAIN)

@@ -14,7 +14,9 @@ computed for a training row exactly as the exported bundle computes it for a req
   block and the test events another. A validation or test row therefore sees the
   state at the end of the training period, exactly as the exported bundle serves a
   later request, and a training row sees history as stale as a served row's: between 0
-  and one block behind.
+  and one block behind. With `snapshot_every` (seconds) the training blocks are windows
+  of time instead, the same for every user, ending at the end of the training period:
+  the state a bundle retrained on that cadence would have served.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def read_times(frame: pl.DataFrame) -> np.ndarray | None:
     return stamps.cast(pl.Int64).fill_null(LATEST).to_numpy()
 
 
-def visible_at(events: pl.DataFrame, freshness: str, snapshot_fraction: float) -> np.ndarray:
+def visible_at(
+    events: pl.DataFrame, freshness: str, snapshot_fraction: float, snapshot_every: int = 0
+) -> np.ndarray:
     """(N,) int64: when each event of `events` (user_id, timestamp, split) enters the
     state (see the module docstring). Ties in time keep input order."""
     if freshness not in FRESHNESS:
@@ -84,6 +88,11 @@ def visible_at(events: pl.DataFrame, freshness: str, snapshot_fraction: float) -
     sorted_time = time[order]
     out = np.empty(n, dtype=np.int64)
     out[order] = sorted_time[last][run]
+    training = events["split"].to_numpy() == 0
+    if snapshot_every > 0 and training.any():
+        end = int(time[training].max())
+        windows_back = (end - time[training]) // snapshot_every
+        out[training] = end - windows_back * snapshot_every
     return out
 
 
