@@ -70,6 +70,9 @@ NEGATIVES = 4
 NEGATIVE_SEED = 2024
 RESAMPLES = 500
 K = 10
+# about the held-out period of the global_time protocol (47 days of ML-100K): the
+# staleness a bundle served that long without retraining has
+SNAPSHOT_EVERY = "45d"
 STATIC = [
     "features.history=false",
     "features.recent_items=0",
@@ -89,6 +92,16 @@ VARIANTS: dict[str, list[str]] = {
     "no_recent_items": ["features.recent_items=0"],
     "no_recent_ratings": ["features.recent_ratings=0"],
     "no_recency": ["features.time=[]"],
+    "with_recent_ratings": ["features.recent_ratings=5"],
+    # deployment and freshness rules
+    "refit_all": ["training.refit='all'"],
+    "time_snapshots": [f"features.snapshot_every='{SNAPSHOT_EVERY}'"],
+    "global_split": ["features.split='global_time'"],
+    "global_split_time_snapshots": [
+        "features.split='global_time'",
+        f"features.snapshot_every='{SNAPSHOT_EVERY}'",
+    ],
+    "global_split_static": [*STATIC, "features.split='global_time'"],
 }
 DESCRIPTIONS = {
     "shipped": "pipelines/movielens-100k.toml as shipped",
@@ -102,6 +115,14 @@ DESCRIPTIONS = {
     "no_recent_items": "shipped without the last 5 items",
     "no_recent_ratings": "shipped without the mean of the last 5 ratings",
     "no_recency": "shipped without recency",
+    "with_recent_ratings": "shipped plus the mean of the last 5 ratings",
+    "refit_all": "shipped with training.refit = 'all' (the held-out file scores the model "
+    "retrained on every split of the earlier file)",
+    "time_snapshots": f"shipped with training history published every {SNAPSHOT_EVERY} "
+    "(features.snapshot_every) instead of per-user blocks",
+    "global_split": "shipped with the internal split in global time",
+    "global_split_time_snapshots": "global_split plus time_snapshots",
+    "global_split_static": "static with the internal split in global time",
 }
 COLUMNS = ("user_id", "item_id", "timestamp", "click", "purchase", "rating")
 COMPARED = ("click_auc", "purchase_auc", f"recall@{K}")
