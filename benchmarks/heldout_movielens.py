@@ -355,6 +355,8 @@ def main() -> None:
         default=[v for v in VARIANTS if v.endswith("_only") or v == "online"],
         help="more variants, trained with the first seed only",
     )
+    parser.add_argument("--reference", default="shipped",
+                        help="the variant compared with the others")  # fmt: skip
     parser.add_argument("--interval-seed", type=int, default=42,
                         help="the seed whose runs give the paired intervals")  # fmt: skip
     args = parser.parse_args()
@@ -401,13 +403,14 @@ def main() -> None:
                 table[seg][variant] = summarise(per_seed[seg])
         for seg in segments:
             reps = replicates[seg]
-            if "shipped" not in reps:
+            ref = args.reference
+            if ref not in reps:
                 continue
-            for other in [name for name in reps if name != "shipped"]:
-                intervals[seg][f"shipped - {other}"] = {
+            for other in [name for name in reps if name != ref]:
+                intervals[seg][f"{ref} - {other}"] = {
                     m: [
-                        float(table[seg]["shipped"][m][0] - table[seg][other][m][0]),
-                        *paired_difference_interval(reps["shipped"][m], reps[other][m]),
+                        float(table[seg][ref][m][0] - table[seg][other][m][0]),
+                        *paired_difference_interval(reps[ref][m], reps[other][m]),
                     ]
                     for m in COMPARED
                 }
