@@ -231,20 +231,35 @@ def _fit(
         raise RecsysError(str(exc), fix="set training.monitor to one of those names") from None
     if config.training.refits:
         del inputs
-        torch.manual_seed(config.pipeline.seed)
-        everything = training_input(
-            features, ["train", "validation"], tasks, config.training, retrieval_label, distributed
-        )
-        model = build_model(features.transform, config.model, tasks, everything.label_means)
-        trainer = _trainer(
-            config, model, everything, tracker, checkpoints, None, task_monitors, distributed
-        )
-        result = trainer.refit(everything.rows, result)
+        model, result, trainer = _refit(
+            config, features, ["train", "validation"], result,
+            tracker, checkpoints, task_monitors, distributed,
+        )  # fmt: skip
     model.to("cpu")
     for state in trainer.task_states.values():
         for name, value in state.items():
             state[name] = value.cpu()
     return model, result, trainer
+
+
+def _refit(
+    config: PipelineConfig,
+    features: FeatureSet,
+    splits: list[str],
+    selected: TrainingResult,
+    tracker: Tracker | None = None,
+    checkpoints: Path | None = None,
+    task_monitors: dict[str, str] | None = None,
+    distributed: Distributed = SINGLE,
+) -> tuple[MultiTaskModel, TrainingResult, Trainer]:
+    """A fresh model trained on the rows of `splits` for the epochs `selected` chose."""
+    torch.manual_seed(config.pipeline.seed)
+    tasks = config.tasks
+    label = tasks[retrieval_task_name(config)].label
+    rows = training_input(features, splits, tasks, config.training, label, distributed)
+    model = build_model(features.transform, config.model, tasks, rows.label_means)
+    trainer = _trainer(config, model, rows, tracker, checkpoints, None, task_monitors, distributed)
+    return model, trainer.refit(rows.rows, selected), trainer
 
 
 def retrieval_task_name(config: PipelineConfig) -> str:
@@ -584,16 +599,10 @@ def deploy_stage(
     shutil.rmtree(paths.evaluated_model, ignore_errors=True)
     staging.rename(paths.evaluated_model)
     start = time.perf_counter()
-    torch.manual_seed(config.pipeline.seed)
-    tasks = config.tasks
-    retrieval_label = tasks[retrieval_task_name(config)].label
     splits = ["train", "validation", "test"]
-    everything = training_input(features, splits, tasks, config.training, retrieval_label)
-    model = build_model(features.transform, config.model, tasks, everything.label_means)
-    trainer = _trainer(config, model, everything, None, None)
-    trainer.refit(everything.rows, TrainingResult(best_epoch=epochs, best_score=float("nan")))
+    selected = TrainingResult(best_epoch=epochs, best_score=float("nan"))
+    model, _, _ = _refit(config, features, splits, selected)
     model.to("cpu")
-    del everything
     recommender = Recommender.from_training(
         model,
         features.transform,

@@ -511,6 +511,21 @@ def _copy_bundle(recommender: Recommender, folder) -> Recommender:
     return Recommender.load(folder)
 
 
+def _two_clicks(user: int, items: list[int], at: int) -> pl.DataFrame:
+    """Clicks of `user` on two items at `at` and a minute later (the second purchased
+    and rated 4)."""
+    return pl.DataFrame(
+        {
+            "user_id": [user, user],
+            "item_id": items,
+            "timestamp": [at, at + 60],
+            "click": [1, 1],
+            "purchase": [0, 1],
+            "rating": [None, 4.0],
+        }
+    )
+
+
 def test_observe_takes_new_events_once_and_serves_them(trained, tmp_path) -> None:
     _, features, recommender = trained
     bundle = _copy_bundle(recommender, tmp_path / "model")
@@ -520,16 +535,7 @@ def test_observe_takes_new_events_once_and_serves_them(trained, tmp_path) -> Non
     dated_request = pl.DataFrame({"user_id": [user], "timestamp": [later - 1]})
     dated_before = bundle.recommend(dated_request, k=5, fusion=CLICK_ONLY)
     new_items = before["item_id"].head(2).to_list()
-    events = pl.DataFrame(
-        {
-            "user_id": [user, user],
-            "item_id": new_items,
-            "timestamp": [later, later + 60],
-            "click": [1, 1],
-            "purchase": [0, 1],
-            "rating": [None, 4.0],
-        }
-    )
+    events = _two_clicks(user, new_items, later)
     history_before = bundle.transform.history.serving_read(pl.Series([user]), "user", None)[0]
     assert bundle.observe(events) == 2
     history_after = bundle.transform.history.serving_read(pl.Series([user]), "user", None)[0]
@@ -578,16 +584,7 @@ def test_a_request_carrying_events_reads_them_for_that_request_only(trained, tmp
     later = int(features.test["timestamp"].max()) + 3600
     before = bundle.recommend([user], k=5, fusion=CLICK_ONLY)
     new_items = before["item_id"].head(2).to_list()
-    events = pl.DataFrame(
-        {
-            "user_id": [user, user],
-            "item_id": new_items,
-            "timestamp": [later, later + 60],
-            "click": [1, 1],
-            "purchase": [0, 1],
-            "rating": [None, 4.0],
-        }
-    )
+    events = _two_clicks(user, new_items, later)
     view = bundle.with_events(events, [user])
     observed = _copy_bundle(recommender, tmp_path / "observed")
     observed.transform.history.spec.freshness = "online"  # each event visible at its time
