@@ -69,17 +69,20 @@ def _config(seed: int, overrides: list[str]) -> Any:
 
 def _train_and_evaluate(config: Any, features: Any) -> tuple[dict[str, float], float, int]:
     from recsys_mtl.pipeline import evaluate_stage, index_stage, train_stage
+    from recsys_mtl.sweep import selected_validation
 
     recommender, result = train_stage(config, features)
     index_stage(config, recommender)
     metrics = evaluate_stage(config, recommender, features)
-    return metrics, result.seconds, result.best_epoch
+    return {**selected_validation(result), **metrics}, result.seconds, result.best_epoch
 
 
-def delta_m(multi: dict[str, float], single: dict[str, float]) -> float:
-    """Mean relative gain (in %) over the tasks' main metrics."""
+def delta_m(multi: dict[str, float], single: dict[str, float], split: str = "test") -> float:
+    """Mean relative gain (in %) over the tasks' main metrics on `split` (test, or val:
+    the selected epoch's validation metrics, what a setting is chosen on)."""
     gains = []
     for metric, higher, _ in MAIN.values():
+        metric = metric.replace("test/", f"{split}/", 1)
         sign = 1.0 if higher else -1.0
         gains.append(sign * (multi[metric] - single[metric]) / single[metric])
     return 100.0 * sum(gains) / len(gains)
@@ -98,6 +101,8 @@ def run(
             config = _config(seed, [*extra, *SINGLE_TASK, f"training.monitor='{monitor}'"])
             metrics, seconds, epoch = _train_and_evaluate(config, features)
             single[metric] = metrics[metric]
+            validation = metric.replace("test/", "val/", 1)
+            single[validation] = metrics[validation]
             if task == "click":  # the click model is also the baseline's retriever
                 for key in ("test/recall@10", "test/ndcg@10"):
                     single[key] = metrics[key]

@@ -23,13 +23,14 @@ test.
       [--seeds 42 43 44] [--set key=value ...]
 
 `--variants` run every seed, `--one-seed-variants` the first seed only. A run already
-trained with the same settings is reused (delete its folder under
+trained with the same settings and the same pipeline file is reused (delete its folder under
 data/benchmarks/heldout/ to redo it).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -102,6 +103,11 @@ VARIANTS: dict[str, list[str]] = {
         f"features.snapshot_every='{SNAPSHOT_EVERY}'",
     ],
     "global_split_static": [*STATIC, "features.split='global_time'"],
+    # the snapshot rule and the deployment, chosen on the *_validation protocols
+    "static_refit_all": [*STATIC, "training.refit='all'"],
+    "windows_20d_refit_all": ["features.snapshot_every='20d'", "training.refit='all'"],
+    "windows_45d_refit_all": ["features.snapshot_every='45d'", "training.refit='all'"],
+    "windows_90d_refit_all": ["features.snapshot_every='90d'", "training.refit='all'"],
 }
 DESCRIPTIONS = {
     "shipped": "pipelines/movielens-100k.toml as shipped",
@@ -123,16 +129,26 @@ DESCRIPTIONS = {
     "global_split": "shipped with the internal split in global time",
     "global_split_time_snapshots": "global_split plus time_snapshots",
     "global_split_static": "static with the internal split in global time",
+    "static_refit_all": "static with training.refit = 'all'",
+    "windows_20d_refit_all": "refit_all with training history published every 20 days",
+    "windows_45d_refit_all": "refit_all with training history published every 45 days",
+    "windows_90d_refit_all": "refit_all with training history published every 90 days",
 }
+VALIDATION = "_validation"
 COLUMNS = ("user_id", "item_id", "timestamp", "click", "purchase", "rating")
 COMPARED = ("click_auc", "purchase_auc", f"recall@{K}")
 
 
 def cut(protocol: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(earlier, held-out positives, users, items) of ML-100K under `protocol`."""
+    """(earlier, held-out positives, users, items) of ML-100K under `protocol`.
+
+    `<protocol>_validation` cuts the earlier file of `<protocol>` again by the same rule:
+    settings are chosen on its later part and the test file is scored once."""
+    base = protocol.removesuffix(VALIDATION)
     dataset = load_movielens(MovieLensSource(path=str(DATA), variant="100k"))
-    kind = "per_user_temporal" if protocol == "per_user" else "global_time"
-    split = assign_split(dataset.impressions, kind, validation_fraction=0.0, test_fraction=HELD_OUT)
+    events = dataset.impressions if base == protocol else cut(base)[0]
+    kind = "per_user_temporal" if base == "per_user" else "global_time"
+    split = assign_split(events, kind, validation_fraction=0.0, test_fraction=HELD_OUT)
     earlier = split.filter(pl.col("split") != TEST).drop("split")
     later = split.filter(pl.col("split") == TEST).drop("split")
     assert dataset.users is not None and dataset.items is not None
@@ -225,8 +241,12 @@ def train(paths: dict[str, Path], out: Path, seed: int, overrides: list[str]) ->
         *overrides,
     ]
     stamp = out / "heldout_run.json"
-    if stamp.is_file() and json.loads(stamp.read_text())["settings"] == settings:
-        return json.loads(stamp.read_text())  # already trained: delete the folder to redo
+    # a run is reused only with the same overrides *and* the same pipeline file
+    pipeline = hashlib.sha256(PIPELINE.read_bytes()).hexdigest()
+    if stamp.is_file():
+        saved = json.loads(stamp.read_text())
+        if saved["settings"] == settings and saved.get("pipeline") == pipeline:
+            return saved  # already trained: delete the folder to redo
     start = time.perf_counter()
     cli("run", str(PIPELINE), *[arg for setting in settings for arg in ("--set", setting)])
     seconds = time.perf_counter() - start
@@ -234,6 +254,7 @@ def train(paths: dict[str, Path], out: Path, seed: int, overrides: list[str]) ->
     printed = json.loads((out / "reports" / "metrics.json").read_text())["metrics"]
     record = {
         "settings": settings,
+        "pipeline": pipeline,
         "seconds": seconds,
         "validation": history["best_score"],
         "printed": {
@@ -366,7 +387,8 @@ def main() -> None:
     result: dict = {"variants": {v: DESCRIPTIONS[v] for v in variants}, "protocols": {}}
     for protocol in args.protocols:
         paths = prepare(protocol)
-        segments = ["all"] if protocol == "per_user" else ["warm", "cold"]
+        per_user = protocol.removesuffix(VALIDATION) == "per_user"
+        segments = ["all"] if per_user else ["warm", "cold"]
         table = {seg: {} for seg in segments}
         intervals: dict = {seg: {} for seg in segments}
         replicates: dict = {seg: {} for seg in segments}
@@ -424,6 +446,20 @@ def main() -> None:
     write_results(args.name, result, markdown(result))
 
 
+def choice(rows: dict) -> str:
+    """The validation protocols' pick: the best mean rank over the compared metrics
+    (each ranked among the trained variants, 1 = best), ties to the first listed."""
+    names = [name for name in rows if name != "popularity"]
+    ranks = {name: 0.0 for name in names}
+    for m in COMPARED:
+        order = sorted(names, key=lambda name: -rows[name][m][0])
+        for position, name in enumerate(order, start=1):
+            ranks[name] += position / len(COMPARED)
+    best = min(names, key=lambda name: ranks[name])
+    listed = ", ".join(f"{name} {rank:.2f}" for name, rank in ranks.items())
+    return f"Mean rank over {', '.join(COMPARED)} (1 = best): {listed}. Chosen: **{best}**."
+
+
 def markdown(result: dict) -> str:
     lines = ["# The served model on held-out MovieLens-100K", "",
              "Scored only through `recsys-mtl predict` / `recommend`; mean ± spread over seeds "
@@ -445,6 +481,8 @@ def markdown(result: dict) -> str:
                 ]
                 lines.append(f"| {name} | {val} | " + " | ".join(cells) + f" | {secs} |")
             lines.append("")
+            if protocol.endswith(VALIDATION):
+                lines += [choice(rows), ""]
             if body["paired"].get(seg):
                 lines.append(
                     "Differences: mean over the seeds; in brackets the paired 95 % bootstrap "

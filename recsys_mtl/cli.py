@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep = pipeline_command(
         "sweep",
         "Run every combination of --grid settings as nested MLflow runs; write a "
-        "comparison table and the Pareto front of the task metrics.",
+        "comparison table and the Pareto front of the task metrics on validation.",
     )
     sweep.add_argument(
         "--grid",
@@ -341,7 +341,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         )
     print()
     print((result.folder / "summary.md").read_text())
-    print(f"Not dominated: {', '.join(result.front)}")
+    print(f"Not dominated on validation: {', '.join(result.front)}")
     print(f"Sweep outputs: {result.folder}")
     if getattr(tracker, "run_id", None):
         print(f"MLflow parent run id: {tracker.run_id}")

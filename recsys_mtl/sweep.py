@@ -1,5 +1,5 @@
 """Sweeps: every combination of a grid of settings, one nested MLflow run each, a
-comparison table and the Pareto front of the task metrics.
+comparison table and the Pareto front of the task metrics on validation.
 
     recsys-mtl sweep pipelines/movielens-100k.toml \
         --grid objectives.weighting=static,uncertainty,famo --grid pipeline.seed=42,43,44
@@ -8,6 +8,9 @@ Every combination's config is validated before anything runs. Features are built
 per distinct features/source/seed setting and shared by the runs that agree on them.
 With `pipeline.seed` in the grid the table also has one row per setting with the mean
 and standard deviation over seeds, and the Pareto front is taken over those means.
+The front is chosen on *validation* (each task's metric at the epoch the trainer
+selected for it) and the test metrics are reported beside it, so a setting picked from
+the front was not picked by its test score.
 Outputs (under `<output_dir>/sweep/`): runs.csv (one row per run), summary.csv and
 summary.md (per setting), pareto.png, sweep.json; all logged to the parent run.
 """
@@ -21,7 +24,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -31,6 +34,9 @@ from recsys_mtl.config import PipelineConfig, load_config
 from recsys_mtl.errors import RecsysError
 from recsys_mtl.evaluation.evaluate import metric_higher_is_better
 from recsys_mtl.tracking import NoopTracker, Tracker
+
+if TYPE_CHECKING:
+    from recsys_mtl.training.trainer import TrainingResult
 
 SEED_KEY = "pipeline.seed"
 
@@ -74,12 +80,25 @@ def parse_grid(grid: list[str]) -> dict[str, list[str]]:
     return parsed
 
 
-def task_metrics(config: PipelineConfig) -> list[str]:
-    """The main test metric of every task: AUC for binary tasks, RMSE for regression."""
+def task_metrics(config: PipelineConfig, split: str = "test") -> list[str]:
+    """The main metric of every task on `split`: AUC for binary tasks, RMSE for regression."""
     return [
-        f"test/{name}_auc" if task.kind == "binary" else f"test/{name}_rmse"
+        f"{split}/{name}_auc" if task.kind == "binary" else f"{split}/{name}_rmse"
         for name, task in config.tasks.items()
     ]
+
+
+def selected_validation(result: TrainingResult) -> dict[str, float]:
+    """The validation metrics of the selected epoch; a task selected at its own epoch
+    (per-task selection) reads its `val/<task>_*` metrics from that epoch."""
+    by_epoch = {int(row["epoch"]): row for row in result.history if "epoch" in row}
+    chosen = by_epoch.get(result.best_epoch, {})
+    values = {k: float(v) for k, v in chosen.items() if k.startswith("val/")}
+    for task, epoch in result.task_epochs.items():
+        row = by_epoch.get(epoch, {})
+        prefix = f"val/{task}_"
+        values.update({k: float(v) for k, v in row.items() if k.startswith(prefix)})
+    return values
 
 
 def pareto_front(values: np.ndarray, higher_is_better: list[bool]) -> np.ndarray:
@@ -159,6 +178,7 @@ def run_sweep(
     features_cache: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     metrics_names = task_metrics(base)
+    validation_names = task_metrics(base, "val")
     for i, (combo, config) in enumerate(prepared):
         label = _setting_label(keys, combo)
         print(f"[sweep {i + 1}/{len(prepared)}] {label}", flush=True)
@@ -182,10 +202,13 @@ def run_sweep(
             recommender, result = train_stage(config, features, child)
             index_stage(config, recommender, child)
             metrics = evaluate_stage(config, recommender, features, child)
+        validation = selected_validation(result)
         rows.append(
             {
                 "run": i,
                 **combo,
+                **{m: validation.get(m, float("nan")) for m in validation_names},
+                **{m: validation[m] for m in ("val/recall@10", "val/ndcg@10") if m in validation},
                 **{m: metrics.get(m, float("nan")) for m in metrics_names},
                 **{
                     k: v
@@ -198,15 +221,12 @@ def run_sweep(
             }
         )
     runs = pl.DataFrame(rows)
-    summary, front = summarise(runs, keys, [*metrics_names, *_ranking(rows[0])])
-    _write(folder, runs, summary, front, keys, metrics_names, grid)
+    reported = [c for c in runs.columns if c.startswith(("val/", "test/"))]
+    summary, front = summarise(runs, keys, reported)
+    _write(folder, runs, summary, front, keys, validation_names, grid)
     for name in ("summary.md", "summary.csv", "runs.csv", "pareto.png", "sweep.json"):
         tracker.log_artifact(folder / name, "sweep")
     return SweepResult(runs, summary, front, folder)
-
-
-def _ranking(metrics: dict[str, Any]) -> list[str]:
-    return [m for m in ("test/recall@10", "test/ndcg@10") if m in metrics]
 
 
 def summarise(
@@ -214,7 +234,7 @@ def summarise(
 ) -> tuple[pl.DataFrame, list[str]]:
     """One row per setting (the grid keys other than the seed): mean and std of every
     metric over seeds, the run count, mean train seconds and `pareto` (not dominated on
-    the task metrics' means)."""
+    the means of the task metrics on validation, `val/<task>_auc|rmse`)."""
     settings = [k for k in keys if k != SEED_KEY]
     labels = [_setting_label(settings, row) for row in runs.select(settings).to_dicts()]
     summary = (
@@ -229,7 +249,7 @@ def summarise(
         )
     )
     labels = summary["setting"].to_list()
-    task = [m for m in metrics if m.endswith(("_auc", "_rmse"))]
+    task = [m for m in metrics if m.startswith("val/") and m.endswith(("_auc", "_rmse"))]
     front_mask = pareto_front(
         summary.select(task).to_numpy().astype(np.float64),
         [metric_higher_is_better(m) for m in task],
@@ -267,14 +287,16 @@ def _write(
     from recsys_mtl.plots import pareto_scatter
 
     folder.mkdir(parents=True, exist_ok=True)
-    metrics = [c for c in summary.columns if c.startswith("test/") and not c.endswith(" std")]
+    metrics = [
+        c for c in summary.columns if c.startswith(("val/", "test/")) and not c.endswith(" std")
+    ]
     for name, frame in (("runs.csv", runs), ("summary.csv", summary)):
         with atomic_path(folder / name) as tmp:
             frame.write_csv(tmp)
     text = (
         f"# Sweep over {', '.join(keys)}\n\n"
         + _markdown(summary, metrics)
-        + "\nPareto: not dominated on the task metrics "
+        + "\nPareto (chosen on validation; test reported, not chosen on): not dominated on "
         + ", ".join(f"{m} ({'up' if metric_higher_is_better(m) else 'down'})" for m in task)
         + ".\n"
     )
@@ -285,7 +307,7 @@ def _write(
         summary["setting"].to_list(),
         summary["pareto"].to_list(),
         task,
-        "Sweep: task metrics per setting",
+        "Sweep: validation task metrics per setting",
         folder / "pareto.png",
     )
     write_json_atomic(

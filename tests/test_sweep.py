@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from cli_runner import cli
 
 import mlflow
 from recsys_mtl.errors import RecsysError
-from recsys_mtl.sweep import pareto_front, parse_grid, split_values
+from recsys_mtl.sweep import pareto_front, parse_grid, selected_validation, split_values, summarise
+from recsys_mtl.training.trainer import TrainingResult
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "pipelines" / "smoke.toml"
@@ -40,6 +42,42 @@ def test_pareto_front_by_hand() -> None:
     front = pareto_front(values, [True, False])
     assert front.tolist() == [True, True, False, False, True, False]
     assert pareto_front(np.array([[1.0, 1.0]]), [True, True]).tolist() == [True]
+
+
+def test_the_front_is_chosen_on_validation_not_on_test() -> None:
+    # on test "a" dominates "b"; on validation "b" dominates "a": the front is ["b"]
+    runs = pl.DataFrame(
+        {
+            "objectives.weighting": ["a", "b"],
+            "val/click_auc": [0.80, 0.85],
+            "val/rating_rmse": [1.00, 0.95],
+            "test/click_auc": [0.90, 0.70],
+            "test/rating_rmse": [0.90, 1.10],
+            "train_seconds": [1.0, 1.0],
+        }
+    )
+    metrics = ["val/click_auc", "val/rating_rmse", "test/click_auc", "test/rating_rmse"]
+    summary, front = summarise(runs, ["objectives.weighting"], metrics)
+    assert front == ["weighting=b"]
+    assert summary["pareto"].to_list() == [False, True]
+
+
+def test_validation_metrics_of_the_selected_epochs() -> None:
+    history = [
+        {"epoch": 1, "val/click_auc": 0.70, "val/rating_rmse": 1.2, "val/recall@10": 0.1},
+        {"epoch": 2, "val/click_auc": 0.80, "val/rating_rmse": 1.0, "val/recall@10": 0.2},
+        {"epoch": 3, "val/click_auc": 0.75, "val/rating_rmse": 0.9, "val/recall@10": 0.3},
+    ]
+    result = TrainingResult(best_epoch=2, best_score=0.8, history=history)
+    assert selected_validation(result) == {
+        "val/click_auc": 0.80,
+        "val/rating_rmse": 1.0,
+        "val/recall@10": 0.2,
+    }
+    # per-task selection: rating was kept from epoch 3, the rest from epoch 2
+    result.task_epochs = {"click": 2, "rating": 3}
+    assert selected_validation(result)["val/rating_rmse"] == 0.9
+    assert selected_validation(result)["val/click_auc"] == 0.80
 
 
 @pytest.mark.heavy
@@ -75,7 +113,22 @@ def test_sweep_command_runs_nested_runs_and_writes_the_front(tmp_path: Path) -> 
     ].item() == pytest.approx(static["test/click_auc"].mean())
     assert summary["pareto"].any()
     assert (folder / "pareto.png").stat().st_size > 0
-    assert "Not dominated:" in out and "| setting |" in out
+    assert "Not dominated on validation:" in out and "| setting |" in out
+    # the front is taken on validation: each run's val/click_auc is its selected epoch's
+    for run in runs.iter_rows(named=True):
+        history = json.loads(
+            (folder / f"run-{run['run']:03d}" / "training" / "history.json").read_text()
+        )
+        chosen = next(r for r in history["history"] if r["epoch"] == history["best_epoch"])
+        assert run["val/click_auc"] == pytest.approx(chosen["val/click_auc"])
+    val = [c for c in summary.columns if c.startswith("val/") and c.endswith(("_auc", "_rmse"))]
+    assert (
+        val
+        and summary["pareto"].to_list()
+        == pareto_front(
+            summary.select(val).to_numpy(), [not c.endswith("_rmse") for c in val]
+        ).tolist()
+    )
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     experiment = mlflow.get_experiment_by_name("recsys-mtl-smoke")
