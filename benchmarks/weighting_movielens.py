@@ -52,7 +52,7 @@ def _baselines(
             raise SystemExit(f"{path} was run with overrides {saved['overrides']}, not {overrides}")
         found = {r["seed"]: r["metrics"] for r in saved["runs"] if r["model"] == "single-task"}
     else:
-        result = run_architectures(seeds, [], overrides, baselines=True)
+        result = run_architectures(seeds, [], overrides, True, "weighting-ml100k-baselines")
         saved_path = RESULTS / f"{name}_baselines.json"
         saved_path.write_text(json.dumps(result, indent=2, default=str))
         print(f"single-task baselines saved to {saved_path}", flush=True)

@@ -280,6 +280,13 @@ class ModelSection:
     )
     head_hidden_dim: int = _doc("Width of the hidden layer of MLP heads.", 32)
     dropout: float = _doc("Dropout in the shared towers.", 0.0)
+    id_dropout: float = _doc(
+        "Training only: the probability that a row's user or item id is read as the "
+        "unknown id (its side features kept), so the unknown rows learn what a user or "
+        "item never seen in training should score; 0 leaves them untrained, and a cold "
+        "id at query time then reads a random vector.",
+        0.0,
+    )
     experts: int = _doc("MMoE: number of shared experts.", 4)
     shared_experts: int = _doc("CGC/PLE: number of shared experts per level.", 2)
     task_experts: int = _doc("CGC/PLE: number of experts owned by each task group per level.", 1)
@@ -746,6 +753,11 @@ def validate(config: PipelineConfig) -> None:
     )
     _validate_evaluation(config.evaluation)
     _validate_retrieval(config.retrieval, config.tasks)
+    if not 0.0 <= config.model.id_dropout < 1.0:
+        raise RecsysError(
+            f"model.id_dropout must lie in [0, 1), got {config.model.id_dropout}",
+            fix="use e.g. 0.05, or 0 to leave the unknown id rows untrained",
+        )
     if not 0.0 <= config.training.average_decay < 1.0:
         raise RecsysError(
             f"training.average_decay must lie in [0, 1), got {config.training.average_decay}",

@@ -15,7 +15,9 @@ from planted import one_torch_thread
 
 from recsys_mtl.config import ModelSection, PipelineConfig, TrainingSection, config_from_dict
 from recsys_mtl.data.synthetic import generate_synthetic
+from recsys_mtl.errors import RecsysError
 from recsys_mtl.features.pipeline import FeatureSet, build_features
+from recsys_mtl.features.vocab import UNKNOWN
 from recsys_mtl.model.multitask import MultiTaskModel, build_model
 from recsys_mtl.objectives.losses import task_losses
 from recsys_mtl.objectives.weighting import WEIGHTING
@@ -199,6 +201,47 @@ def test_every_head_trains_the_shared_id_embeddings(small, task: str) -> None:
     click_grads = [p.grad for p in model.heads["click"].parameters()]
     touched = any(g is not None and g.abs().sum() > 0 for g in click_grads)
     assert touched == (task in ("click", "purchase"))
+
+
+@pytest.mark.parametrize("id_dropout", [0.0, 0.5])
+def test_id_dropout_trains_the_unknown_rows_and_only_in_training(small, id_dropout) -> None:
+    config, features = small
+    torch.manual_seed(3)
+    train = TensorData.from_frame(features.train, config.tasks, features.transform)
+    model = build_model(
+        features.transform,
+        dataclasses.replace(SMALL_MODEL, id_dropout=id_dropout),
+        config.tasks,
+        train.label_means(),
+    )
+    encoder = model.item_encoder
+    inputs = encoder.lookup(train.items)
+    unknown = dataclasses.replace(inputs, ids=torch.full_like(inputs.ids, UNKNOWN))
+    known_vectors = encoder.eval().encode(inputs)
+    unknown_vectors = encoder.encode(unknown)
+    # served (eval): every id reads its own row
+    assert torch.equal(encoder.encode(inputs), known_vectors)
+    encoder.train()
+    torch.manual_seed(4)
+    trained = encoder.encode(inputs)
+    as_known = torch.isclose(trained, known_vectors).all(dim=1)
+    as_unknown = torch.isclose(trained, unknown_vectors).all(dim=1)
+    assert bool((as_known | as_unknown).all())  # each row: its own id or the unknown one
+    share = float(as_unknown.float().mean())
+    assert share == pytest.approx(id_dropout, abs=0.05)
+    # the unknown row gets a gradient from the task losses only with id dropout
+    model.train()
+    outputs = model(train.users, train.items)
+    losses = task_losses(outputs, model.log_probabilities(outputs), train.labels, config.tasks)
+    losses["click"].backward()
+    for side in (model.user_encoder, model.item_encoder):
+        unknown_grad = side.id_embedding.weight.grad[UNKNOWN].abs().sum()
+        assert (unknown_grad > 0) == (id_dropout > 0)
+
+
+def test_id_dropout_must_be_a_probability() -> None:
+    with pytest.raises(RecsysError, match=r"model\.id_dropout"):
+        config_from_dict({"model": {"id_dropout": 1.0}})
 
 
 # ---------------------------------------------------------------------------- planted structure

@@ -71,9 +71,12 @@ class SideEncoder(nn.Module):
     List features are mean-pooled embedding bags; numerics go through one linear layer.
     """
 
-    def __init__(self, spec: SideSpec, table: SideArrays, dim: int) -> None:
+    def __init__(
+        self, spec: SideSpec, table: SideArrays, dim: int, id_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.spec = spec
+        self.id_dropout = id_dropout
         self.id_embedding = nn.Embedding(spec.id_vocab_size, dim, padding_idx=0)
         self.categorical = nn.ModuleList(
             nn.Embedding(size, dim, padding_idx=0) for size in spec.categorical.values()
@@ -123,8 +126,17 @@ class SideEncoder(nn.Module):
             },
         )
 
+    def _dropped(self, ids: torch.Tensor) -> torch.Tensor:
+        """In training, each known id (B,) becomes the unknown id with probability
+        `id_dropout`, so the unknown row learns what an id never seen in training scores
+        beside its side features; a cold id at query time reads that row."""
+        if not self.training or self.id_dropout <= 0.0:
+            return ids
+        drop = (torch.rand(ids.shape, device=ids.device) < self.id_dropout) & (ids > UNKNOWN)
+        return torch.where(drop, torch.full_like(ids, UNKNOWN), ids)
+
     def encode(self, inputs: SideInputs) -> torch.Tensor:
-        parts = [self.id_embedding(inputs.ids)]
+        parts = [self.id_embedding(self._dropped(inputs.ids))]
         parts += [emb(inputs.categorical[:, j]) for j, emb in enumerate(self.categorical)]
         for name, emb in self.lists.items():
             tokens = inputs.lists[name]  # (B, L)

@@ -180,7 +180,9 @@ def build_model(
     encoders = []
     for side in (transform.users, transform.items):
         table = side.feature_table()
-        parts = [SideEncoder(side.spec, table, cfg.embedding_dim) for _ in range(copies)]
+        parts = [
+            SideEncoder(side.spec, table, cfg.embedding_dim, cfg.id_dropout) for _ in range(copies)
+        ]
         encoders.append(parts[0] if copies == 1 else StackedEncoder(parts))
     user_encoder, item_encoder = encoders
     if cfg.static_retrieval_items:
