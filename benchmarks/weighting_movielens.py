@@ -144,12 +144,13 @@ def markdown(result: dict[str, Any]) -> str:
     verdict = result["verdict"]
     lines += [
         "",
-        f"Chosen on validation Δm: static {verdict['best_static']}, dynamic "
-        f"{verdict['best_dynamic']}. Their test Δm: {verdict['best_static_delta_m']:+.2f} ± "
+        f"Chosen on validation Δm: the static setting `{verdict['best_static']}` and the "
+        f"dynamic strategy `{verdict['best_dynamic']}`. Their test Δm: "
+        f"{verdict['best_static_delta_m']:+.2f} ± "
         f"{verdict['best_static_std']:.2f} and {verdict['best_dynamic_delta_m']:+.2f} ± "
         f"{verdict['best_dynamic_std']:.2f}. {verdict['text']}",
         "",
-        reproduce_line("weighting_movielens.py")[:-1] + f" --static-grid {result['static_grid']}`",
+        result["reproduce"],
     ]
     return "\n".join(lines) + "\n"
 
@@ -217,6 +218,7 @@ def main() -> None:
             "text": text,
         },
         "seconds": time.perf_counter() - start,
+        "reproduce": reproduce_line("weighting_movielens.py"),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=str))
