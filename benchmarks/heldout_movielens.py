@@ -114,6 +114,8 @@ VARIANTS: dict[str, list[str]] = {
     # cold ids: the unknown rows trained by id dropout
     "id_dropout_5": ["model.id_dropout=0.05"],
     "id_dropout_20": ["model.id_dropout=0.2"],
+    # the sharing architecture chosen on validation Δm at 32 dims
+    "mmoe": ["model.sharing='mmoe'"],
 }
 DESCRIPTIONS = {
     "shipped": "pipelines/movielens-100k.toml as shipped",
@@ -141,6 +143,7 @@ DESCRIPTIONS = {
     "windows_90d_refit_all": "refit_all with training history published every 90 days",
     "id_dropout_5": "shipped with model.id_dropout = 0.05 (ids read as unknown in training)",
     "id_dropout_20": "shipped with model.id_dropout = 0.2",
+    "mmoe": "shipped with model.sharing = 'mmoe'",
 }
 VALIDATION = "_validation"
 COLUMNS = ("user_id", "item_id", "timestamp", "click", "purchase", "rating")
