@@ -26,8 +26,9 @@ early-stopping monitor.
       [--seeds 42 43 44] [--set key=value ...]
 
 `--variants` run every seed, `--one-seed-variants` the first seed only. A run already
-trained with the same settings and the same pipeline file is reused (delete its folder under
-data/benchmarks/heldout/ to redo it).
+trained with the same overrides and the same pipeline settings (the parsed file, so a
+comment edit keeps it) is reused; delete its folder under data/benchmarks/heldout/ to
+redo it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import json
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -254,8 +256,10 @@ def train(paths: dict[str, Path], out: Path, seed: int, overrides: list[str]) ->
         *overrides,
     ]
     stamp = out / "heldout_run.json"
-    # a run is reused only with the same overrides *and* the same pipeline file
-    pipeline = hashlib.sha256(PIPELINE.read_bytes()).hexdigest()
+    # a run is reused only with the same overrides *and* the same pipeline settings
+    # (the parsed file: a comment edit keeps the runs)
+    parsed = json.dumps(tomllib.loads(PIPELINE.read_text()), sort_keys=True, default=str)
+    pipeline = hashlib.sha256(parsed.encode()).hexdigest()
     if stamp.is_file():
         saved = json.loads(stamp.read_text())
         if saved["settings"] == settings and saved.get("pipeline") == pipeline:
