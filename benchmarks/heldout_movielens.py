@@ -118,6 +118,19 @@ VARIANTS: dict[str, list[str]] = {
     "id_dropout_20": ["model.id_dropout=0.2"],
     # the sharing architecture chosen on validation Δm at 32 dims
     "mmoe": ["model.sharing='mmoe'"],
+    "id_min_count_5": ["features.id_min_count=5"],
+    "id_min_count_10": ["features.id_min_count=10"],
+    "id_min_count_20": ["features.id_min_count=20"],
+    # item-side history (the item's counts and rates as of the same snapshots)
+    "item_history": ["features.item_history=true"],
+    "item_history_static_click": [
+        "features.item_history=true",
+        "model.static_retrieval_items=true",
+    ],
+    "item_history_no_in_batch": [
+        "features.item_history=true",
+        "training.retrieval_loss_weight=0.0",
+    ],
 }
 DESCRIPTIONS = {
     "shipped": "pipelines/movielens-100k.toml as shipped",
@@ -146,6 +159,16 @@ DESCRIPTIONS = {
     "id_dropout_5": "shipped with model.id_dropout = 0.05 (ids read as unknown in training)",
     "id_dropout_20": "shipped with model.id_dropout = 0.2",
     "mmoe": "shipped with model.sharing = 'mmoe'",
+    **{
+        f"id_min_count_{n}": f"shipped with features.id_min_count = {n} (items and users seen "
+        f"fewer than {n} times share the unknown id row, keeping their side features)"
+        for n in (5, 10, 20)
+    },
+    "item_history": "shipped with features.item_history = true (the item's counts, rates "
+    "and recency under the same freshness rule)",
+    "item_history_static_click": "item_history with model.static_retrieval_items = true "
+    "(the click head and the index ignore them)",
+    "item_history_no_in_batch": "item_history without the in-batch retrieval loss",
 }
 VALIDATION = "_validation"
 COLUMNS = ("user_id", "item_id", "timestamp", "click", "purchase", "rating")
@@ -472,12 +495,13 @@ def choice(rows: dict) -> str:
     """The validation protocols' pick: the best mean rank over the compared metrics
     (each ranked among the trained variants, 1 = best), ties to the first listed."""
     names = [name for name in rows if name != "popularity"]
-    ranks = {name: 0.0 for name in names}
+    positions = {name: 0 for name in names}  # summed as integers: equal sums tie exactly
     for m in COMPARED:
         order = sorted(names, key=lambda name: -rows[name][m][0])
         for position, name in enumerate(order, start=1):
-            ranks[name] += position / len(COMPARED)
-    best = min(names, key=lambda name: ranks[name])
+            positions[name] += position
+    best = min(names, key=lambda name: positions[name])
+    ranks = {name: total / len(COMPARED) for name, total in positions.items()}
     listed = ", ".join(f"{name} {rank:.2f}" for name, rank in ranks.items())
     return f"Mean rank over {', '.join(COMPARED)} (1 = best): {listed}. Chosen: **{best}**."
 

@@ -240,8 +240,15 @@ def _tracker(config: Any, stage: str, resume: bool = False) -> Iterator[Any]:
     previous = None
     if resume:
         previous = read_checkpoint_run_id(Paths(config.output_path).checkpoints / "last.pt")
+    tracking = config.tracking
     with MlflowTracker(
-        config.tracking.experiment, name, config.tracking.uri, resume_run_id=previous
+        tracking.experiment,
+        name,
+        tracking.uri,
+        resume_run_id=previous,
+        system_metrics_interval=(
+            tracking.system_metrics_interval if tracking.system_metrics else None
+        ),
     ) as tracker:
         tracker.set_tags({"stage": stage, "pipeline": config.pipeline.name})
         yield tracker

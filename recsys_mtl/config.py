@@ -158,6 +158,12 @@ class FeaturesSection:
         "error",
     )
     min_count: int = _doc("Ids and values seen fewer times in training map to unknown.", 1)
+    id_min_count: int = _doc(
+        "Ids seen fewer times in training keep their side features but share the unknown "
+        "id's embedding row, which so learns what a rarely seen id scores; an id first "
+        "seen at query time reads that same row (1: every known id has a row of its own).",
+        1,
+    )
     max_list_length: int = _doc("List features (e.g. genres) are truncated to this length.", 8)
     infer: bool = _doc(
         "Infer features for undeclared columns: strings -> categorical, lists -> list, "
@@ -495,6 +501,13 @@ class TrackingSection:
         "registers nothing.",
         "",
     )
+    system_metrics: bool = _doc(
+        "Log MLflow's system metrics (system/cpu_utilization_percentage, memory, disk, "
+        "network; GPU utilisation and memory where nvidia-ml-py is installed) for the "
+        "pipeline's run.",
+        True,
+    )
+    system_metrics_interval: float = _doc("Seconds between two system-metric samples.", 10.0)
 
 
 @dataclass
@@ -753,6 +766,12 @@ def validate(config: PipelineConfig) -> None:
     )
     _validate_evaluation(config.evaluation)
     _validate_retrieval(config.retrieval, config.tasks)
+    if not config.tracking.system_metrics_interval > 0:
+        raise RecsysError(
+            "tracking.system_metrics_interval must be positive, got "
+            f"{config.tracking.system_metrics_interval}",
+            fix="use e.g. 10 (seconds), or system_metrics = false to log none",
+        )
     if not 0.0 <= config.model.id_dropout < 1.0:
         raise RecsysError(
             f"model.id_dropout must lie in [0, 1), got {config.model.id_dropout}",
@@ -988,6 +1007,7 @@ def _validate_features(f: FeaturesSection) -> None:
             ("features.shard_rows", f.shard_rows),
             ("features.row_group_rows", f.row_group_rows),
             ("features.min_count", f.min_count),
+            ("features.id_min_count", f.id_min_count),
             ("features.max_list_length", f.max_list_length),
         ]
     )

@@ -8,6 +8,7 @@ use `MlflowTracker`: params once, metrics per epoch under `train/`, `val/`, `tes
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -86,9 +87,12 @@ class MlflowTracker:
         uri: str = "",
         nested: bool = False,
         resume_run_id: str | None = None,
+        system_metrics_interval: float | None = None,
     ) -> None:
         """`resume_run_id`: continue that run (a resumed training); when the store does
-        not have it, a new run is started and tagged `resumed_from` = that id."""
+        not have it, a new run is started and tagged `resumed_from` = that id.
+        `system_metrics_interval`: sample MLflow's system metrics (CPU, memory; GPU with
+        nvidia-ml-py) every that many seconds while the run is open (None: none)."""
         import mlflow
 
         self._mlflow = mlflow
@@ -102,20 +106,34 @@ class MlflowTracker:
         self.run_name = run_name
         self.nested = nested
         self.resume_run_id = resume_run_id
+        self.system_metrics_interval = system_metrics_interval
         self.run_id: str | None = None
         self._logged_params: dict[str, str] = {}  # of a continued run
 
     def __enter__(self) -> MlflowTracker:
+        system = self.system_metrics_interval is not None
+        if system:
+            from mlflow.system_metrics import (
+                set_system_metrics_samples_before_logging,
+                set_system_metrics_sampling_interval,
+            )
+
+            set_system_metrics_sampling_interval(self.system_metrics_interval)
+            set_system_metrics_samples_before_logging(1)
+            # its start/stop INFO lines would land in front of every message we print
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         if self.resume_run_id:
             try:
-                run = self._mlflow.start_run(run_id=self.resume_run_id)
+                run = self._mlflow.start_run(run_id=self.resume_run_id, log_system_metrics=system)
                 self.run_id = run.info.run_id
                 self._logged_params = dict(run.data.params)
                 self._mlflow.set_tag("resumed", "true")
                 return self
             except self._mlflow.exceptions.MlflowException:
                 pass  # not in this store: a new run, linked below
-        run = self._mlflow.start_run(run_name=self.run_name, nested=self.nested)
+        run = self._mlflow.start_run(
+            run_name=self.run_name, nested=self.nested, log_system_metrics=system
+        )
         self.run_id = run.info.run_id
         if self.resume_run_id:
             self._mlflow.set_tag("resumed_from", self.resume_run_id)

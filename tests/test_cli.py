@@ -62,7 +62,9 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         mp.chdir(root)  # anything written relative to the working directory stays here
-        pipeline, output, run_id, model_uri, stdout = run_smoke(root, SMOKE)
+        pipeline, output, run_id, model_uri, stdout = run_smoke(
+            root, SMOKE, "tracking.system_metrics_interval=0.5"
+        )
         mlflow.set_tracking_uri(tracking_uri)
         yield Smoke(
             root,
@@ -143,6 +145,22 @@ def test_run_is_tracked_in_mlflow(smoke: Smoke) -> None:
     assert last["epoch"] == EPOCHS
     assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
     assert all(0.0 <= m.value <= 1.0 for m in history)
+    client = mlflow.MlflowClient()
+    for key in ("train/samples_per_second", "train/epoch_seconds"):
+        logged = client.get_metric_history(smoke.run_id, key)
+        assert sorted(m.step for m in logged) == list(range(1, EPOCHS + 1))
+        assert all(m.value > 0 for m in logged)
+    train_rows = read_table(smoke.features / "train").height
+    for m in client.get_metric_history(smoke.run_id, "train/samples_per_second"):
+        seconds = next(
+            e.value
+            for e in client.get_metric_history(smoke.run_id, "train/epoch_seconds")
+            if e.step == m.step
+        )
+        assert m.value * seconds == pytest.approx(train_rows, rel=1e-6)  # every row, once
+    # MLflow's system metrics, sampled while the run was open
+    assert run.data.metrics["system/cpu_utilization_percentage"] >= 0
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
 
     report = smoke.report()
     for key in ("test/click_auc", "test/purchase_auc", "test/rating_rmse", "test/recall@10"):

@@ -357,3 +357,51 @@ def test_static_retrieval_items_ignore_item_history_only_in_the_click_head(small
     torch.testing.assert_close(model.item_vectors(items), served)
     assert not torch.allclose(out["purchase"], moved["purchase"])  # the others are not
     assert not torch.allclose(out["rating"], moved["rating"])
+
+
+def test_rarely_seen_ids_share_the_unknown_row_and_keep_their_side_features() -> None:
+    raw = {
+        "pipeline": {"seed": 11},
+        "source": {"synthetic": {"n_users": 50, "n_items": 30, "impressions_per_user": 20}},
+        "tracking": {"enabled": False},
+    }
+    config = _small_config()
+    data = generate_synthetic(config.source.synthetic, config.pipeline.seed)
+    counts = np.bincount(build_features(data, config).train["item_idx"].to_numpy(), minlength=32)[
+        2:
+    ]  # every impression is a training event here (no sampled negatives)
+    threshold = int(np.median(counts[counts > 0]))
+    raw["features"] = {"id_min_count": threshold}
+    config = config_from_dict(raw)
+    features = build_features(data, config)
+    spec = features.transform.items.spec
+    frequent = int((counts >= threshold).sum())
+    assert 0 < frequent < counts.size
+    assert spec.id_rows == 2 + frequent  # the vocabulary orders ids by count
+    assert type(spec).from_dict(dataclasses.asdict(spec)).id_rows == spec.id_rows
+    torch.manual_seed(0)
+    train = TensorData.from_frame(features.train, config.tasks, features.transform)
+    model = build_model(features.transform, SMALL_MODEL, config.tasks, train.label_means())
+    encoder = model.item_encoder.eval()
+    assert encoder.id_embedding.num_embeddings == spec.id_rows
+    ids = torch.arange(2, spec.id_vocab_size)
+    inputs = encoder.lookup(ids)
+    as_unknown = encoder.encode(dataclasses.replace(inputs, ids=torch.full_like(ids, UNKNOWN)))
+    same = torch.isclose(encoder.encode(inputs), as_unknown).all(dim=1)
+    # a rare id reads the unknown row beside its own side features; a frequent one its own
+    assert torch.equal(same, ids >= spec.id_rows)
+    sides = torch.isclose(as_unknown[:, None], as_unknown[None]).all(dim=2)
+    assert not sides[ids >= spec.id_rows][:, ids >= spec.id_rows].all()  # features differ
+    # the unknown row is trained by the rare ids' rows (no id dropout needed)
+    model.train()
+    outputs = model(train.users, train.items)
+    losses = task_losses(outputs, model.log_probabilities(outputs), train.labels, config.tasks)
+    losses["click"].backward()
+    assert model.item_encoder.id_embedding.weight.grad[UNKNOWN].abs().sum() > 0
+    user_counts = np.bincount(features.train["user_idx"].to_numpy())[2:]
+    assert features.transform.users.spec.id_rows == 2 + int((user_counts >= threshold).sum())
+
+
+def test_id_min_count_must_be_positive() -> None:
+    with pytest.raises(RecsysError, match=r"features\.id_min_count"):
+        config_from_dict({"features": {"id_min_count": 0}})

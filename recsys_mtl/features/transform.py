@@ -50,6 +50,13 @@ class SideSpec:
     id_vocab_size: int
     table: list[ColumnSpec] = field(default_factory=list)
     rows: list[ColumnSpec] = field(default_factory=list)
+    # rows of the id embedding: indices >= id_rows (known ids seen fewer than
+    # features.id_min_count times; the vocabulary orders ids by count) read the unknown row
+    id_rows: int | None = None
+
+    @property
+    def id_embedding_rows(self) -> int:
+        return self.id_vocab_size if self.id_rows is None else self.id_rows
 
     def _named(self, kinds: tuple[str, ...]) -> list[ColumnSpec]:
         return [c for c in [*self.table, *self.rows] if c.kind in kinds]
@@ -74,6 +81,7 @@ class SideSpec:
             id_vocab_size=raw["id_vocab_size"],
             table=[ColumnSpec(**c) for c in raw["table"]],
             rows=[ColumnSpec(**c) for c in raw["rows"]],
+            id_rows=raw.get("id_rows"),
         )
 
 
@@ -196,6 +204,9 @@ class SideTransform:
     ) -> SideTransform:
         ids = Vocabulary.fit(train_ids, key, cfg.min_count)
         spec = SideSpec(key=key, id_vocab_size=ids.size)
+        if cfg.id_min_count > cfg.min_count:
+            seen = train_ids.drop_nulls().value_counts(name="count")["count"]
+            spec.id_rows = FIRST + int((seen >= cfg.id_min_count).sum())
         vocabularies: dict[str, Vocabulary] = {}
         if table is not None:
             features = [c for c in table.columns if c != key and not c.startswith(ORACLE_PREFIX)]

@@ -77,7 +77,9 @@ class SideEncoder(nn.Module):
         super().__init__()
         self.spec = spec
         self.id_dropout = id_dropout
-        self.id_embedding = nn.Embedding(spec.id_vocab_size, dim, padding_idx=0)
+        # ids from spec.id_embedding_rows on (rarely seen in training) share the unknown row
+        self.id_rows = spec.id_embedding_rows
+        self.id_embedding = nn.Embedding(self.id_rows, dim, padding_idx=0)
         self.categorical = nn.ModuleList(
             nn.Embedding(size, dim, padding_idx=0) for size in spec.categorical.values()
         )
@@ -116,20 +118,25 @@ class SideEncoder(nn.Module):
         spec = self.spec.rows
         n_cat = sum(1 for c in spec if c.kind in ("categorical", "bucket"))
         n_num = sum(1 for c in spec if c.kind == "numeric")
+        device = self.id_embedding.weight.device
         return RowInputs(
-            torch.full((n, n_cat), UNKNOWN, dtype=torch.int64),
-            torch.zeros((n, n_num)),
+            torch.full((n, n_cat), UNKNOWN, dtype=torch.int64, device=device),
+            torch.zeros((n, n_num), device=device),
             {
-                c.name: torch.zeros((n, c.max_length), dtype=torch.int64)
+                c.name: torch.zeros((n, c.max_length), dtype=torch.int64, device=device)
                 for c in spec
                 if c.kind == "list"
             },
         )
 
     def _dropped(self, ids: torch.Tensor) -> torch.Tensor:
-        """In training, each known id (B,) becomes the unknown id with probability
-        `id_dropout`, so the unknown row learns what an id never seen in training scores
-        beside its side features; a cold id at query time reads that row."""
+        """The id embedding row of each id (B,): ids seen fewer than
+        `features.id_min_count` times in training read the unknown row (so it learns what a
+        rarely seen id scores beside its side features, and a cold id at query time reads
+        it); in training, each other known id also becomes unknown with probability
+        `id_dropout`."""
+        if self.id_rows < self.spec.id_vocab_size:
+            ids = torch.where(ids >= self.id_rows, torch.full_like(ids, UNKNOWN), ids)
         if not self.training or self.id_dropout <= 0.0:
             return ids
         drop = (torch.rand(ids.shape, device=ids.device) < self.id_dropout) & (ids > UNKNOWN)

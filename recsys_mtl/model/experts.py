@@ -71,10 +71,14 @@ class ParallelExperts(nn.Module):
         """(B, D) -> (B, E, H)."""
         first_w, first_b = self.weights[0], self.biases[0]
         n_experts, fan_in, fan_out = first_w.shape
-        # (B, D) @ (D, E*H): all experts' first layers in one product.
+        # bias + (B, D) @ (D, E*H): all experts' first layers in one product, whose
+        # output is already the contiguous (B, E, H) the ReLU and the gates read
         flat = first_w.permute(1, 0, 2).reshape(fan_in, n_experts * fan_out)
-        hidden = (x @ flat).view(-1, n_experts, fan_out).transpose(0, 1) + first_b  # (E,B,H)
-        hidden = self.dropout(torch.relu(hidden))
+        hidden = torch.addmm(first_b.reshape(1, n_experts * fan_out), x, flat)
+        hidden = self.dropout(torch.relu(hidden)).view(-1, n_experts, fan_out)
+        if len(self.weights) == 1:
+            return hidden
+        hidden = hidden.transpose(0, 1)  # (E, B, H): one batched product per later layer
         for weight, bias in zip(self.weights[1:], self.biases[1:], strict=True):
             hidden = self.dropout(torch.relu(torch.baddbmm(bias, hidden, weight)))
         return hidden.transpose(0, 1)
@@ -203,7 +207,7 @@ class PLE(SideBlock):
                 mean = self.meter.mean(f"{level}/{g}")
                 if mean is None:
                     continue
-                row = torch.zeros(len(columns))
+                row = mean.new_zeros(len(columns))
                 row[g * self.n_own : (g + 1) * self.n_own] = mean[: self.n_own]
                 row[n_groups * self.n_own :] = mean[self.n_own :]
                 rows.append(group_label(group))

@@ -66,6 +66,6 @@ def in_batch_softmax_loss(
     if log_q is not None:
         logits = logits - log_q[item_idx].unsqueeze(0)
     same_item = item_idx.unsqueeze(0) == item_idx.unsqueeze(1)
-    diagonal = torch.eye(n, dtype=torch.bool)
+    diagonal = torch.eye(n, dtype=torch.bool, device=logits.device)
     logits = logits.masked_fill(same_item & ~diagonal, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(n))
+    return F.cross_entropy(logits, torch.arange(n, device=logits.device))

@@ -37,9 +37,12 @@ class ParameterAverage:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         decay = min(self.decay, (1.0 + self.steps) / (10.0 + self.steps))
-        for name, p in model.named_parameters():
-            if name in self.shadow:
-                self.shadow[name].lerp_(p.detach(), 1.0 - decay)
+        pairs = [
+            (self.shadow[n], p.detach()) for n, p in model.named_parameters() if n in self.shadow
+        ]
+        if pairs:  # one multi-tensor kernel for every parameter, not one per tensor
+            shadows, parameters = zip(*pairs, strict=True)
+            torch._foreach_lerp_(list(shadows), list(parameters), 1.0 - decay)
         self.steps += 1
 
     @torch.no_grad()

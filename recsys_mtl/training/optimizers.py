@@ -51,6 +51,16 @@ class Optimizers:
             optimizer.load_state_dict(part)
 
 
+def _adam(groups: list[dict[str, Any]], learning_rate: float, weight_decay: float) -> Any:
+    """Adam with its fused kernel (every parameter in one pass, on the CPU as on a GPU);
+    where the parameters' device or dtype has none, the multi-tensor (foreach) path. Both
+    compute Adam's update; the default on the CPU would loop over the tensors."""
+    try:
+        return torch.optim.Adam(groups, lr=learning_rate, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(groups, lr=learning_rate, weight_decay=weight_decay, foreach=True)
+
+
 def build_optimizers(
     model: nn.Module,
     extra: list[torch.Tensor],
@@ -69,9 +79,7 @@ def build_optimizers(
     groups: list[dict[str, Any]] = [{"params": dense}]
     if extra:
         groups.append({"params": extra, "weight_decay": 0.0})
-    optimizers: list[torch.optim.Optimizer] = [
-        torch.optim.Adam(groups, lr=learning_rate, weight_decay=weight_decay)
-    ]
+    optimizers: list[torch.optim.Optimizer] = [_adam(groups, learning_rate, weight_decay)]
     if sparse:
         optimizers.append(torch.optim.SparseAdam(sparse, lr=learning_rate))
     return Optimizers(optimizers), sorted(sparse_names)

@@ -113,7 +113,9 @@ class TensorData:
         )
 
     def shuffled(self, generator: torch.Generator) -> TensorData:
-        return self.take(torch.randperm(len(self), generator=generator))
+        """The rows in the generator's random order (the same order on every device)."""
+        order = torch.randperm(len(self), generator=generator, device=generator.device)
+        return self.take(order.to(self.users.device))
 
     def epoch_batches(self, generator: torch.Generator, batch_size: int) -> Iterator[TensorData]:
         """One epoch: the rows in a seeded random order, cut into batches."""

@@ -200,7 +200,8 @@ class Trainer:
 
     def train_epoch(self, data: TrainingRows, epoch: int) -> dict[str, float]:
         """One pass over shuffled `data`; returns train/<task>_loss, weight/<task>,
-        train/penalty and relation/<a>-<b> (the task relation matrix, every
+        train/penalty, train/epoch_seconds and train/samples_per_second (the loop over
+        the batches alone) and relation/<a>-<b> (the task relation matrix, every
         `relation_every` batches). The epoch's relation matrix and gate utilisation are
         kept in `self.relations` / `self.gates`. In a distributed run `data` is this
         rank's rows and the returned losses and relations are means over ranks."""
@@ -215,14 +216,15 @@ class Trainer:
         n_batches = 0
         batch_size = self.distributed.local_batch_size(self.cfg.batch_size)
         bar = tqdm(
-            data.epoch_batches(generator, batch_size),
-            total=-(-len(data) // batch_size),
+            total=len(data),
             desc=f"epoch {epoch}",
             leave=False,
             disable=not (self.cfg.progress and self.distributed.is_main),
-            unit="batch",
+            unit="sample",
+            unit_scale=True,
         )
-        for batch in bar:
+        start, n_samples = time.perf_counter(), 0
+        for batch in data.epoch_batches(generator, batch_size):
             batch = batch.to(self.device)
             step: StepOutput = self.step_module(batch, bool(every and n_batches % every == 0))
             if step.relation is not None:
@@ -243,13 +245,21 @@ class Trainer:
             if step.retrieval is not None:
                 sums[n_tasks + 1] += step.retrieval.detach()
             n_batches += 1
-        bar.close()
+            n_samples += len(batch)
+            bar.update(len(batch))
         means = self.distributed.sum_(sums) / (max(n_batches, 1) * self.distributed.world_size)
-        means = means.cpu().tolist()
+        means = means.cpu().tolist()  # waits for the device: the epoch's work is done
+        seconds = time.perf_counter() - start
+        bar.close()
         names = list(self.tasks)
         metrics = {f"train/{n}_loss": means[i] for i, n in enumerate(names)}
         metrics.update({f"weight/{n}": w for n, w in weights.items()})
         metrics["train/penalty"] = means[n_tasks]
+        # the training loop alone (no validation, probe or checkpoint); every rank's rows
+        metrics["train/epoch_seconds"] = seconds
+        metrics["train/samples_per_second"] = (
+            n_samples * self.distributed.world_size / max(seconds, 1e-9)
+        )
         if self.cfg.retrieval_loss_weight:
             metrics["train/retrieval_loss"] = means[n_tasks + 1]
         if n_relations:
@@ -380,6 +390,7 @@ class Trainer:
         by an earlier, interrupted fit of the same configuration; training goes on from
         the end of its epoch exactly as if it had never stopped (bitwise on CPU)."""
         self._prepare()
+        train, validation = self._resident(train), self._resident(validation)
         start = time.perf_counter()
         progress = FitProgress()
         if resume_from is not None:
@@ -481,6 +492,11 @@ class Trainer:
             ParameterAverage(self.model, decay, skip=set(self.sparse_tables)) if decay else None
         )
 
+    def _resident(self, data: Any) -> Any:
+        """In-memory rows moved to the training device once (then each batch is a slice
+        there: no host-to-device copy per step); streamed rows and None as they are."""
+        return data.to(self.device) if isinstance(data, TensorData) else data
+
     def _averaged(self) -> AbstractContextManager[None]:
         """Inside: the model carries its averaged parameters (when averaging is on)."""
         return self.average.applied(self.model) if self.average is not None else nullcontext()
@@ -491,6 +507,7 @@ class Trainer:
         gates. With per-task epochs (`selected.task_epochs`) it trains until the last of
         them and keeps the weights at each in `task_states`."""
         self._prepare()
+        data = self._resident(data)
         start = time.perf_counter()
         epochs = max([selected.best_epoch, *selected.task_epochs.values()])
         for epoch in range(1, epochs + 1):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from recsys_mtl.objectives.weighting.base import Losses, Weighting, weighted_sum
@@ -36,8 +37,11 @@ class DynamicWeightAverage(Weighting):
         self.epoch_losses = [*self.epoch_losses, dict(epoch_losses)][-2:]
         if len(self.epoch_losses) == 2:
             before, last = self.epoch_losses
-            ratios = torch.tensor([last[n] / max(before[n], 1e-12) for n in self.tasks])
-            weights = len(ratios) * torch.softmax(ratios / self.options.dwa_temperature, dim=0)
+            # a few floats on the host: no tensor, so no device to get wrong
+            ratios = np.array([last[n] / max(before[n], 1e-12) for n in self.tasks])
+            scaled = ratios / self.options.dwa_temperature
+            weights = np.exp(scaled - scaled.max())
+            weights *= len(ratios) / weights.sum()
             self.weights = {n: float(w) for n, w in zip(self.tasks, weights, strict=True)}
 
     def state_dict(self) -> dict[str, Any]:

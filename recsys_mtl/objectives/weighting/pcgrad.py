@@ -51,7 +51,13 @@ class PCGradWeighting(Weighting):
         grads = torch.stack(representation_gradients(weighted, shared))  # (T, P)
         n = len(weighted)
         order = [
-            [j for j in torch.randperm(n, generator=self.generator).tolist() if j != t]
+            [
+                j
+                for j in torch.randperm(
+                    n, generator=self.generator, device=self.generator.device
+                ).tolist()
+                if j != t
+            ]
             for t in range(n)
         ]
         correction = project_conflicting(grads, order).sum(0) - grads.sum(0)

@@ -38,6 +38,7 @@ class UncertaintyWeighting(Weighting):
     def __call__(
         self, losses: Losses, shared: Sequence[torch.Tensor] = ()
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        self.scale = self.scale.to(self.log_variance.device)  # no copy once there
         weights = self.scale * torch.exp(-self.log_variance)
         stacked = torch.stack(list(losses.values()))
         total = (weights * stacked).sum() + 0.5 * self.log_variance.sum()

@@ -1,0 +1,169 @@
+"""Where a training step's time goes, and the bound this machine sets for it.
+
+Trains our MMoE (or PLE) of benchmarks/peers_throughput.py on its ML-100K rows (run
+that once first: it writes data/benchmarks/peers) and reports:
+
+- samples/s of Trainer.train_epoch over the first `--batches` batches (after one
+  warm-up pass over them);
+- the torch.profiler table of one such pass: the operators by self CPU time;
+- FLOPs per training sample (forward and backward, torch.utils.flop_counter) and what
+  this machine's matrix products reach on the step's own largest product shape; their
+  ratio is the compute bound: the samples/s the step would run at if it did nothing
+  but its matrix products at that speed;
+- the bytes of parameters, gradients and Adam moments each step reads and writes
+  (every dense parameter is touched once per step whatever the batch).
+
+    .venv/bin/python benchmarks/profile_training.py --batch 1024
+    .venv/bin/python benchmarks/profile_training.py --batch 4096 --model ple
+
+Writes benchmarks/results/profile_training_<model>_<batch>.{json,md}. Run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from movielens_common import ROOT, reproduce_line, write_results
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from recsys_mtl.config import load_config
+from recsys_mtl.features.pipeline import load_features
+from recsys_mtl.model.multitask import build_model
+from recsys_mtl.objectives.weighting import WEIGHTING
+from recsys_mtl.training.tensors import TensorData
+from recsys_mtl.training.trainer import Trainer
+
+DATA = ROOT / "data" / "benchmarks" / "peers"
+
+
+def _trainer(model_name: str, batch: int) -> tuple[Trainer, TensorData]:
+    meta = json.loads((DATA / "meta.json").read_text())
+    overrides = [*meta["overrides"], *meta["ours"][model_name], f"training.batch_size={batch}"]
+    config = load_config(meta["pipeline"], overrides)
+    features = load_features(Path(meta["features"]))
+    torch.manual_seed(0)
+    rows = TensorData.from_frame(features.train, config.tasks, features.transform)
+    model = build_model(features.transform, config.model, config.tasks, rows.label_means())
+    weighting = WEIGHTING[config.objectives.weighting](config.tasks, config.objectives)
+    trainer = Trainer(model, config.tasks, weighting, config.training, seed=0)
+    trainer._prepare()
+    return trainer, rows
+
+
+def _matmul_rate(m: int, k: int, n: int, seconds: float = 1.0) -> float:
+    """FLOP/s of (m, k) @ (k, n) products on this machine, as many as fit in `seconds`."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(10):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2.0 * m * k * n * count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--model", choices=["mmoe", "ple"], default="mmoe")
+    parser.add_argument("--batches", type=int, default=100, help="batches timed")
+    parser.add_argument("--rows", type=int, default=25, help="operator rows shown")
+    args = parser.parse_args()
+    if not (DATA / "meta.json").is_file():
+        raise SystemExit("run benchmarks/peers_throughput.py first (it writes the rows)")
+    trainer, rows = _trainer(args.model, args.batch)
+    part = rows.take(slice(0, args.batch * args.batches))
+    trainer.train_epoch(part, 1)  # warm-up: allocator, kernels, optimiser state
+    start = time.perf_counter()
+    trainer.train_epoch(part, 2)
+    samples_per_second = len(part) / (time.perf_counter() - start)
+
+    # the shares from a pass without shape recording (recording them inflates the
+    # cheap operators several times over); the shapes from a second, recorded pass
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.train_epoch(part, 3)
+    averages = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in averages)
+    top = sorted(averages, key=lambda e: -e.self_cpu_time_total)[: args.rows]
+    operators = [
+        {
+            "operator": e.key,
+            "calls_per_step": e.count / args.batches,
+            "share": e.self_cpu_time_total / total,
+            "us_per_call": e.self_cpu_time_total / max(e.count, 1),
+        }
+        for e in top
+    ]
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as shaped:
+        trainer.train_epoch(part.take(slice(0, args.batch * 2)), 4)
+    averages = shaped.key_averages(group_by_input_shape=True)
+
+    batch = part.take(slice(0, args.batch))
+    model = trainer.model.train()
+    with FlopCounterMode(display=False) as flops:
+        trainer._forward_step(batch, False).total.backward()
+    flops_per_sample = flops.get_total_flops() / args.batch
+    products = []
+    for e in averages:  # (m, k, n) of every 2-d matrix product of the step
+        operands = {"aten::mm": e.input_shapes[:2], "aten::addmm": e.input_shapes[1:3]}
+        pair = operands.get(e.key)
+        if pair and len(pair) == 2 and all(len(s) == 2 for s in pair):
+            products.append((pair[0][0], pair[0][1], pair[1][1]))
+    m, k, n = max(products, key=lambda s: s[0] * s[1] * s[2], default=(args.batch, 128, 256))
+    rate = _matmul_rate(m, k, n)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    state_bytes = sum(p.numel() * p.element_size() for p in parameters)
+    # Adam reads parameter, gradient and two moments and writes parameter and moments
+    step_bytes = 7 * state_bytes
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch_threads": torch.get_num_threads(),
+        "model": args.model,
+        "batch_size": args.batch,
+        "samples_per_second": samples_per_second,
+        "step_ms": 1e3 * args.batch / samples_per_second,
+        "flops_per_sample": flops_per_sample,
+        "matmul_shape": [m, k, n],
+        "matmul_flops_per_second": rate,
+        "compute_bound_samples_per_second": rate / flops_per_sample,
+        "parameter_tensors": len(parameters),
+        "parameters": sum(p.numel() for p in parameters),
+        "optimizer_bytes_per_step": step_bytes,
+        "operators": operators,
+        "reproduce": reproduce_line("profile_training.py"),
+    }
+    lines = [
+        f"# Where the time goes: ours, {args.model}, batch {args.batch}",
+        "",
+        f"Machine: {result['machine']}, torch threads {result['torch_threads']}. "
+        f"{samples_per_second:,.0f} samples/s ({result['step_ms']:.2f} ms a step) over "
+        f"{args.batches} batches of the peer benchmark's rows.",
+        "",
+        f"- {flops_per_sample / 1e3:,.0f} kFLOP a training sample (forward and backward); "
+        f"this machine's {m}x{k} @ {k}x{n} product runs at {rate / 1e9:,.1f} GFLOP/s, so a "
+        f"step doing nothing but its products at that speed would train "
+        f"{result['compute_bound_samples_per_second']:,.0f} samples/s (the compute bound).",
+        f"- {result['parameters']:,} parameters in {len(parameters)} tensors: Adam moves "
+        f"{step_bytes / 1e6:.1f} MB a step, {step_bytes / args.batch / 1e3:.1f} kB a sample.",
+        "",
+        "| operator | calls a step | share of CPU time | us a call |",
+        "|---|---:|---:|---:|",
+    ]
+    for o in operators:
+        lines.append(
+            f"| {o['operator']} | {o['calls_per_step']:.1f} "
+            f"| {o['share']:.1%} | {o['us_per_call']:,.0f} |"
+        )
+    lines += ["", result["reproduce"]]
+    write_results(f"profile_training_{args.model}_{args.batch}", result, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
