@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import types
@@ -25,10 +24,10 @@ import pandas as pd
 import torch
 
 TASK_LABELS = ("click", "purchase", "rating")
+SPLITS = ("train", "validation", "test")
 # PLE: one task and one shared expert (DeepCTR-Torch 0.3.0 builds `specific_expert_num`
 # shared experts whatever `shared_expert_num` says, so only equal numbers run there)
 EXPERT, TOWER, EXPERTS, SHARED_EXPERTS, TASK_EXPERTS = 64, 32, 4, 1, 1
-LEARNING_RATE = float(os.environ.get("PEERS_LR", "1e-3"))
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -50,8 +49,8 @@ def _sparse(frame: pd.DataFrame, meta: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def run_torch_rechub(
-    model_name: str, batch: int, train: pd.DataFrame, test: pd.DataFrame, meta: dict, tmp: Path
-) -> tuple[float, np.ndarray]:
+    model_name: str, batch: int, lr: float, frames: dict[str, pd.DataFrame], meta: dict, tmp: Path
+) -> tuple[float, dict[str, np.ndarray]]:
     from torch_rechub.basic.features import SparseFeature
     from torch_rechub.models.multi_task import MMOE, PLE
     from torch_rechub.trainers import MTLTrainer
@@ -68,17 +67,18 @@ def run_torch_rechub(
     trainer = MTLTrainer(
         model,
         task_types,
-        optimizer_params={"lr": LEARNING_RATE, "weight_decay": 0.0},
+        optimizer_params={"lr": lr, "weight_decay": 0.0},
         n_epoch=1,
         device="cpu",
         model_path=str(tmp),
     )
+    train = frames["train"]
     generator = DataGenerator(_sparse(train, meta), _targets(train))
-    loader, _, test_loader = generator.generate_dataloader(
-        x_val=_sparse(test, meta),
-        y_val=_targets(test),
-        x_test=_sparse(test, meta),
-        y_test=_targets(test),
+    loader, validation_loader, test_loader = generator.generate_dataloader(
+        x_val=_sparse(frames["validation"], meta),
+        y_val=_targets(frames["validation"]),
+        x_test=_sparse(frames["test"], meta),
+        y_test=_targets(frames["test"]),
         batch_size=batch,
     )
     start = time.perf_counter()
@@ -86,8 +86,11 @@ def run_torch_rechub(
     seconds = time.perf_counter() - start
     model.eval()
     with torch.no_grad():
-        predictions = [model({k: v for k, v in x.items()}) for x, _ in test_loader]
-    return seconds, torch.cat(predictions).numpy()
+        scored = {
+            name: torch.cat([model(x) for x, _ in data]).numpy()
+            for name, data in (("validation", validation_loader), ("test", test_loader))
+        }
+    return seconds, scored
 
 
 def _no_version_check() -> None:
@@ -103,8 +106,8 @@ def _no_version_check() -> None:
 
 
 def run_deepctr_torch(
-    model_name: str, batch: int, train: pd.DataFrame, test: pd.DataFrame, meta: dict, tmp: Path
-) -> tuple[float, np.ndarray]:
+    model_name: str, batch: int, lr: float, frames: dict[str, pd.DataFrame], meta: dict, tmp: Path
+) -> tuple[float, dict[str, np.ndarray]]:
     _no_version_check()
     from deepctr_torch.inputs import SparseFeat
     from deepctr_torch.models import MMOE, PLE
@@ -132,19 +135,28 @@ def run_deepctr_torch(
             **shape,
         )
     model.compile(
-        torch.optim.Adam(model.parameters(), lr=LEARNING_RATE),
+        torch.optim.Adam(model.parameters(), lr=lr),
         loss=["binary_crossentropy", "binary_crossentropy", "mse"],
     )
-    x, y = _sparse(train, meta), _targets(train)
+    x, y = _sparse(frames["train"], meta), _targets(frames["train"])
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=True)
     seconds = time.perf_counter() - start
-    return seconds, np.asarray(model.predict(_sparse(test, meta), batch_size=65536))
+    return seconds, {
+        name: np.asarray(model.predict(_sparse(frames[name], meta), batch_size=65536))
+        for name in ("validation", "test")
+    }
 
 
 def run_ours(
-    model_name: str, batch: int, train: pd.DataFrame, test: pd.DataFrame, meta: dict, tmp: Path
-) -> tuple[float, np.ndarray]:
+    model_name: str,
+    batch: int,
+    lr: float,
+    frames: dict[str, pd.DataFrame],
+    meta: dict,
+    tmp: Path,
+    precision: str = "float32",
+) -> tuple[float, dict[str, np.ndarray]]:
     from recsys_mtl.config import load_config
     from recsys_mtl.features.pipeline import load_features
     from recsys_mtl.model.multitask import build_model
@@ -152,7 +164,9 @@ def run_ours(
     from recsys_mtl.training.tensors import TensorData, predict_arrays
     from recsys_mtl.training.trainer import Trainer
 
-    overrides = [*meta["overrides"], *meta["ours"][model_name], f"training.batch_size={batch}"]
+    overrides = [*meta["overrides"], *meta["ours"][model_name]]
+    overrides += [f"training.batch_size={batch}", f"training.learning_rate={lr}"]
+    overrides += [f"training.precision='{precision}'"]
     config = load_config(meta["pipeline"], overrides)
     features = load_features(Path(meta["features"]))
     torch.manual_seed(0)
@@ -164,13 +178,24 @@ def run_ours(
     start = time.perf_counter()
     trainer.train_epoch(rows, 1)
     seconds = time.perf_counter() - start
-    scored = predict_arrays(
-        model, TensorData.from_frame(features.test, config.tasks, features.transform)
-    )
-    return seconds, np.stack([scored["p_click"], scored["p_purchase"]], axis=1)
+    scored = {}
+    for name in ("validation", "test"):
+        rows = TensorData.from_frame(features.splits[name], config.tasks, features.transform)
+        predictions = predict_arrays(model, rows)
+        scored[name] = np.stack([predictions["p_click"], predictions["p_purchase"]], axis=1)
+    return seconds, scored
 
 
-RUNNERS = {"torch_rechub": run_torch_rechub, "deepctr_torch": run_deepctr_torch, "ours": run_ours}
+def run_ours_bfloat16(*args: Any) -> tuple[float, dict[str, np.ndarray]]:
+    return run_ours(*args, precision="bfloat16")
+
+
+RUNNERS = {
+    "torch_rechub": run_torch_rechub,
+    "deepctr_torch": run_deepctr_torch,
+    "ours": run_ours,
+    "ours_bfloat16": run_ours_bfloat16,
+}
 
 
 def main() -> None:
@@ -179,27 +204,30 @@ def main() -> None:
     parser.add_argument("--model", choices=["mmoe", "ple"], required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--lr", type=float, required=True, help="Adam's learning rate")
     args = parser.parse_args()
     meta = json.loads((args.data / "meta.json").read_text())
-    train = pd.read_parquet(args.data / "train.parquet")
-    test = pd.read_parquet(args.data / "test.parquet")
+    frames = {s: pd.read_parquet(args.data / f"{s}.parquet") for s in SPLITS}
     torch.manual_seed(0)
     np.random.seed(0)
-    seconds, predictions = RUNNERS[args.framework](
-        args.model, args.batch, train, test, meta, args.data
+    seconds, scored = RUNNERS[args.framework](
+        args.model, args.batch, args.lr, frames, meta, args.data
     )
     result = {
         "framework": args.framework,
         "model": args.model,
         "batch_size": args.batch,
-        "train_rows": len(train),
+        "learning_rate": args.lr,
+        "train_rows": len(frames["train"]),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "epoch_seconds": seconds,
-        "samples_per_second": len(train) / seconds,
-        "click_auc": auc(test["click"].to_numpy(), predictions[:, 0]),
-        "purchase_auc": auc(test["purchase"].to_numpy(), predictions[:, 1]),
+        "samples_per_second": len(frames["train"]) / seconds,
     }
+    for split in ("validation", "test"):
+        for column, label in enumerate(("click", "purchase")):
+            labels = frames[split][label].to_numpy()
+            result[f"{split}_{label}_auc"] = auc(labels, scored[split][:, column])
     sys.stdout.write(json.dumps(result) + "\n")
 
 

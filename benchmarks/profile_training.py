@@ -43,9 +43,10 @@ from recsys_mtl.training.trainer import Trainer
 DATA = ROOT / "data" / "benchmarks" / "peers"
 
 
-def _trainer(model_name: str, batch: int) -> tuple[Trainer, TensorData]:
+def _trainer(model_name: str, batch: int, precision: str = "float32") -> tuple[Trainer, TensorData]:
     meta = json.loads((DATA / "meta.json").read_text())
     overrides = [*meta["overrides"], *meta["ours"][model_name], f"training.batch_size={batch}"]
+    overrides.append(f"training.precision='{precision}'")
     config = load_config(meta["pipeline"], overrides)
     features = load_features(Path(meta["features"]))
     torch.manual_seed(0)
@@ -75,11 +76,13 @@ def main() -> None:
     parser.add_argument("--model", choices=["mmoe", "ple"], default="mmoe")
     parser.add_argument("--batches", type=int, default=100, help="batches timed")
     parser.add_argument("--rows", type=int, default=25, help="operator rows shown")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args()
     if not (DATA / "meta.json").is_file():
         raise SystemExit("run benchmarks/peers_throughput.py first (it writes the rows)")
-    trainer, rows = _trainer(args.model, args.batch)
+    trainer, rows = _trainer(args.model, args.batch, args.precision)
     part = rows.take(slice(0, args.batch * args.batches))
+    n_batches = -(-len(part) // args.batch)  # fewer than asked when the rows run out
     trainer.train_epoch(part, 1)  # warm-up: allocator, kernels, optimiser state
     start = time.perf_counter()
     trainer.train_epoch(part, 2)
@@ -95,7 +98,7 @@ def main() -> None:
     operators = [
         {
             "operator": e.key,
-            "calls_per_step": e.count / args.batches,
+            "calls_per_step": e.count / n_batches,
             "share": e.self_cpu_time_total / total,
             "us_per_call": e.self_cpu_time_total / max(e.count, 1),
         }
@@ -127,8 +130,9 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "model": args.model,
         "batch_size": args.batch,
+        "precision": args.precision,
         "samples_per_second": samples_per_second,
-        "step_ms": 1e3 * args.batch / samples_per_second,
+        "step_ms": 1e3 * len(part) / n_batches / samples_per_second,
         "flops_per_sample": flops_per_sample,
         "matmul_shape": [m, k, n],
         "matmul_flops_per_second": rate,
@@ -140,11 +144,11 @@ def main() -> None:
         "reproduce": reproduce_line("profile_training.py"),
     }
     lines = [
-        f"# Where the time goes: ours, {args.model}, batch {args.batch}",
+        f"# Where the time goes: ours, {args.model}, batch {args.batch}, {args.precision}",
         "",
         f"Machine: {result['machine']}, torch threads {result['torch_threads']}. "
         f"{samples_per_second:,.0f} samples/s ({result['step_ms']:.2f} ms a step) over "
-        f"{args.batches} batches of the peer benchmark's rows.",
+        f"{n_batches} batches of the peer benchmark's rows.",
         "",
         f"- {flops_per_sample / 1e3:,.0f} kFLOP a training sample (forward and backward); "
         f"this machine's {m}x{k} @ {k}x{n} product runs at {rate / 1e9:,.1f} GFLOP/s, so a "
@@ -162,7 +166,9 @@ def main() -> None:
             f"| {o['share']:.1%} | {o['us_per_call']:,.0f} |"
         )
     lines += ["", result["reproduce"]]
-    write_results(f"profile_training_{args.model}_{args.batch}", result, "\n".join(lines))
+    suffix = "" if args.precision == "float32" else f"_{args.precision}"
+    name = f"profile_training_{args.model}_{args.batch}{suffix}"
+    write_results(name, result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -360,6 +360,13 @@ class TrainingSection:
         "on CPU. `recsys-mtl train/run --device` overrides it.",
         "cpu",
     )
+    precision: str = _doc(
+        "Compute precision of the training step: 'float32', or 'bfloat16' (autocast: the "
+        "matrix products of the towers, experts and heads in bfloat16, on CPUs with "
+        "AVX-512 BF16 or AMX and on GPUs; parameters, the optimiser, the losses, "
+        "validation and the exported bundle stay float32).",
+        "float32",
+    )
     in_memory_rows: int = _doc(
         "Training splits of up to this many rows are loaded into memory once; larger ones "
         "are streamed from their Parquet shards each epoch, a shuffled buffer of "
@@ -766,6 +773,7 @@ def validate(config: PipelineConfig) -> None:
     )
     _validate_evaluation(config.evaluation)
     _validate_retrieval(config.retrieval, config.tasks)
+    _one_of("training.precision", config.training.precision, ("float32", "bfloat16"))
     if not config.tracking.system_metrics_interval > 0:
         raise RecsysError(
             "tracking.system_metrics_interval must be positive, got "

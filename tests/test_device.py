@@ -5,11 +5,12 @@ torch.arange, torch.tensor, torch.zeros, ...) lands on `meta` and the next opera
 mixing it with the model's tensors fails, exactly as a CPU tensor would beside a CUDA
 model. Every sharing option, every weighting, the in-batch retrieval loss, static
 retrieval items, sparse embedding tables, id dropout, averaging, the task relation
-matrix and the validation ranking probe."""
+matrix and the validation ranking probe; in float32 and under bfloat16 autocast."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from planted import one_torch_thread
 
 from recsys_mtl.config import PipelineConfig, config_from_dict
 from recsys_mtl.data.synthetic import generate_synthetic
+from recsys_mtl.errors import RecsysError
 from recsys_mtl.features.pipeline import FeatureSet, build_features
 from recsys_mtl.model.multitask import build_model
 from recsys_mtl.objectives.weighting import WEIGHTING
@@ -53,7 +55,9 @@ def rows() -> tuple[PipelineConfig, FeatureSet, TensorData, TensorData]:
     return config, features, train.take(slice(0, 192)), validation
 
 
-def _configured(config: PipelineConfig, sharing: str, weighting: str, variant: str):
+def _configured(
+    config: PipelineConfig, sharing: str, weighting: str, variant: str, precision: str = "float32"
+):
     retrieval, static_items = {"plain": (0.0, False), "in_batch": (0.3, False),
                                "in_batch_static": (0.3, True)}[variant]  # fmt: skip
     model = dataclasses.replace(config.model, sharing=sharing, static_retrieval_items=static_items)
@@ -65,14 +69,17 @@ def _configured(config: PipelineConfig, sharing: str, weighting: str, variant: s
         average_decay=0.9,
         sparse_embedding_rows=30,  # the user table is sparse: row-wise Adam
         progress=False,
+        precision=precision,
     )
     objectives = dataclasses.replace(config.objectives, weighting=weighting)
     return dataclasses.replace(config, model=model, training=training, objectives=objectives)
 
 
-def _one_epoch_with_meta_default(rows, sharing: str, weighting: str, variant: str) -> None:
+def _one_epoch_with_meta_default(
+    rows, sharing: str, weighting: str, variant: str, precision: str = "float32"
+) -> dict[str, float]:
     base, features, train, validation = rows
-    config = _configured(base, sharing, weighting, variant)
+    config = _configured(base, sharing, weighting, variant, precision)
     torch.manual_seed(0)
     model = build_model(features.transform, config.model, config.tasks, train.label_means())
     clicks = torch.bincount(
@@ -100,6 +107,7 @@ def _one_epoch_with_meta_default(rows, sharing: str, weighting: str, variant: st
     assert metrics["train/samples_per_second"] > 0
     assert metrics["train/epoch_seconds"] > 0
     assert 0.0 <= metrics["val/click_auc"] <= 1.0 and "val/recall@5" in metrics
+    return metrics
 
 
 @pytest.mark.parametrize("variant", ["plain", "in_batch", "in_batch_static"])
@@ -112,6 +120,20 @@ def test_every_sharing_option_makes_no_tensor_off_the_model_device(rows, sharing
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
 def test_every_weighting_makes_no_tensor_off_the_model_device(rows, weighting, sharing):
     _one_epoch_with_meta_default(rows, sharing, weighting, "in_batch_static")
+
+
+@pytest.mark.parametrize("sharing", ["hard", "mmoe", "ple"])
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_bfloat16_steps_keep_float32_parameters_and_losses(rows, weighting, sharing) -> None:
+    metrics = _one_epoch_with_meta_default(rows, sharing, weighting, "in_batch", "bfloat16")
+    losses = [metrics[f"train/{task}_loss"] for task in ("click", "purchase", "rating")]
+    assert all(math.isfinite(loss) and loss > 0 for loss in losses)
+    assert math.isfinite(metrics["train/retrieval_loss"])
+
+
+def test_precision_is_one_of_the_known_ones() -> None:
+    with pytest.raises(RecsysError, match=r"training\.precision"):
+        config_from_dict({"training": {"precision": "float16"}})
 
 
 def test_a_tensor_made_without_a_device_is_caught() -> None:

@@ -23,9 +23,10 @@ def task_gradient_cosines(
     """(T, T) cosine matrix of the task gradients on `shared` (tensors in the graph of
     every loss); the graph is kept for the backward pass that follows."""
     grads = representation_gradients(losses, shared)
-    stacked = torch.stack(grads)  # (T, N)
-    unit = stacked / stacked.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    return (unit @ unit.T).cpu().numpy().astype(np.float64)
+    stacked = torch.stack(grads).float()  # (T, N)
+    with torch.autocast(stacked.device.type, enabled=False):  # float32 under bfloat16 too
+        unit = stacked / stacked.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        return (unit @ unit.T).cpu().numpy().astype(np.float64)
 
 
 def suggest_task_groups(

@@ -296,8 +296,19 @@ class Trainer:
 
     def _forward_step(self, batch: TensorData, measure_relation: bool) -> StepOutput:
         """The batch's weighted multi-task loss (plus penalty and retrieval loss)."""
+        with self._autocast():
+            return self._weighted_losses(batch, measure_relation)
+
+    def _autocast(self) -> AbstractContextManager[None]:
+        """Inside: the step's matrix products in `training.precision`."""
+        if self.cfg.precision == "float32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _weighted_losses(self, batch: TensorData, measure_relation: bool) -> StepOutput:
         users, items = self.model.encode(batch.users, batch.items, batch.user_rows, batch.item_rows)
-        outputs = self.model.forward_encoded(users, items)
+        # the losses in float32 whatever the products ran in
+        outputs = {k: v.float() for k, v in self.model.forward_encoded(users, items).items()}
         log_p = self.model.log_probabilities(outputs)
         losses = task_losses(outputs, log_p, batch.labels, self.tasks)
         relation = task_gradient_cosines(losses, (users, items)) if measure_relation else None
@@ -314,7 +325,9 @@ class Trainer:
     @torch.no_grad()
     def _losses(self, batch: TensorData) -> dict[str, torch.Tensor]:
         """The batch's task losses under the current model (no gradient)."""
-        outputs = self.model(batch.users, batch.items, batch.user_rows, batch.item_rows)
+        with self._autocast():
+            outputs = self.model(batch.users, batch.items, batch.user_rows, batch.item_rows)
+        outputs = {k: v.float() for k, v in outputs.items()}
         return task_losses(outputs, self.model.log_probabilities(outputs), batch.labels, self.tasks)
 
     def _record_step(self, losses: dict[str, torch.Tensor], weights: dict[str, float]) -> None:
@@ -336,8 +349,8 @@ class Trainer:
     ) -> torch.Tensor:
         clicked = batch.labels[self.model.retrieval_task] == 1
         return in_batch_softmax_loss(
-            self.model.user_vectors(users[clicked]),
-            self.model.item_vectors(items[clicked]),
+            self.model.user_vectors(users[clicked]).float(),
+            self.model.item_vectors(items[clicked]).float(),
             batch.items[clicked],
             self.item_log_frequency,
         )
