@@ -148,6 +148,33 @@ def run_deepctr_torch(
     }
 
 
+def ours_trainer(
+    meta: dict, model_name: str, batch: int, lr: float | None = None, precision: str = "float32"
+) -> tuple[Any, Any, Any, Any]:
+    """Our Trainer (seeded, prepared) for the benchmark's shapes, with its config, the
+    saved feature set and the training rows as tensors."""
+    from recsys_mtl.config import load_config
+    from recsys_mtl.features.pipeline import load_features
+    from recsys_mtl.model.multitask import build_model
+    from recsys_mtl.objectives.weighting import WEIGHTING
+    from recsys_mtl.training.tensors import TensorData
+    from recsys_mtl.training.trainer import Trainer
+
+    overrides = [*meta["overrides"], *meta["ours"][model_name], f"training.batch_size={batch}"]
+    overrides.append(f"training.precision='{precision}'")
+    if lr is not None:
+        overrides.append(f"training.learning_rate={lr}")
+    config = load_config(meta["pipeline"], overrides)
+    features = load_features(Path(meta["features"]))
+    torch.manual_seed(0)
+    rows = TensorData.from_frame(features.train, config.tasks, features.transform)
+    model = build_model(features.transform, config.model, config.tasks, rows.label_means())
+    weighting = WEIGHTING[config.objectives.weighting](config.tasks, config.objectives)
+    trainer = Trainer(model, config.tasks, weighting, config.training, seed=0)
+    trainer._prepare()
+    return trainer, config, features, rows
+
+
 def run_ours(
     model_name: str,
     batch: int,
@@ -157,31 +184,16 @@ def run_ours(
     tmp: Path,
     precision: str = "float32",
 ) -> tuple[float, dict[str, np.ndarray]]:
-    from recsys_mtl.config import load_config
-    from recsys_mtl.features.pipeline import load_features
-    from recsys_mtl.model.multitask import build_model
-    from recsys_mtl.objectives.weighting import WEIGHTING
     from recsys_mtl.training.tensors import TensorData, predict_arrays
-    from recsys_mtl.training.trainer import Trainer
 
-    overrides = [*meta["overrides"], *meta["ours"][model_name]]
-    overrides += [f"training.batch_size={batch}", f"training.learning_rate={lr}"]
-    overrides += [f"training.precision='{precision}'"]
-    config = load_config(meta["pipeline"], overrides)
-    features = load_features(Path(meta["features"]))
-    torch.manual_seed(0)
-    rows = TensorData.from_frame(features.train, config.tasks, features.transform)
-    model = build_model(features.transform, config.model, config.tasks, rows.label_means())
-    weighting = WEIGHTING[config.objectives.weighting](config.tasks, config.objectives)
-    trainer = Trainer(model, config.tasks, weighting, config.training, seed=0)
-    trainer._prepare()
+    trainer, config, features, rows = ours_trainer(meta, model_name, batch, lr, precision)
     start = time.perf_counter()
     trainer.train_epoch(rows, 1)
     seconds = time.perf_counter() - start
     scored = {}
     for name in ("validation", "test"):
         rows = TensorData.from_frame(features.splits[name], config.tasks, features.transform)
-        predictions = predict_arrays(model, rows)
+        predictions = predict_arrays(trainer.model, rows)
         scored[name] = np.stack([predictions["p_click"], predictions["p_purchase"]], axis=1)
     return seconds, scored
 

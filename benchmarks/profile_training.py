@@ -26,17 +26,13 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 from movielens_common import ROOT, reproduce_line, write_results
+from peers_worker import ours_trainer
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from recsys_mtl.config import load_config
-from recsys_mtl.features.pipeline import load_features
-from recsys_mtl.model.multitask import build_model
-from recsys_mtl.objectives.weighting import WEIGHTING
 from recsys_mtl.training.tensors import TensorData
 from recsys_mtl.training.trainer import Trainer
 
@@ -45,16 +41,7 @@ DATA = ROOT / "data" / "benchmarks" / "peers"
 
 def _trainer(model_name: str, batch: int, precision: str = "float32") -> tuple[Trainer, TensorData]:
     meta = json.loads((DATA / "meta.json").read_text())
-    overrides = [*meta["overrides"], *meta["ours"][model_name], f"training.batch_size={batch}"]
-    overrides.append(f"training.precision='{precision}'")
-    config = load_config(meta["pipeline"], overrides)
-    features = load_features(Path(meta["features"]))
-    torch.manual_seed(0)
-    rows = TensorData.from_frame(features.train, config.tasks, features.transform)
-    model = build_model(features.transform, config.model, config.tasks, rows.label_means())
-    weighting = WEIGHTING[config.objectives.weighting](config.tasks, config.objectives)
-    trainer = Trainer(model, config.tasks, weighting, config.training, seed=0)
-    trainer._prepare()
+    trainer, _, _, rows = ours_trainer(meta, model_name, batch, precision=precision)
     return trainer, rows
 
 
