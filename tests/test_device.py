@@ -5,7 +5,8 @@ torch.arange, torch.tensor, torch.zeros, ...) lands on `meta` and the next opera
 mixing it with the model's tensors fails, exactly as a CPU tensor would beside a CUDA
 model. Every sharing option, every weighting, the in-batch retrieval loss, static
 retrieval items, sparse embedding tables, id dropout, averaging, the task relation
-matrix and the validation ranking probe; in float32 and under bfloat16 autocast."""
+matrix, the validation ranking probe and rows streamed from Parquet shards; in float32
+and under bfloat16 autocast."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from planted import one_torch_thread
 from recsys_mtl.config import PipelineConfig, config_from_dict
 from recsys_mtl.data.synthetic import generate_synthetic
 from recsys_mtl.errors import RecsysError
-from recsys_mtl.features.pipeline import FeatureSet, build_features
+from recsys_mtl.features.pipeline import FeatureSet, build_features, save_features
+from recsys_mtl.features.shards import SplitShards
 from recsys_mtl.model.multitask import build_model
 from recsys_mtl.objectives.weighting import WEIGHTING
 from recsys_mtl.pipeline import item_log_frequency
 from recsys_mtl.training.ranking_probe import RankingProbe
+from recsys_mtl.training.stream import StreamedRows
 from recsys_mtl.training.tensors import TensorData
 from recsys_mtl.training.trainer import Trainer
 
@@ -134,6 +137,27 @@ def test_bfloat16_steps_keep_float32_parameters_and_losses(rows, weighting, shar
 def test_precision_is_one_of_the_known_ones() -> None:
     with pytest.raises(RecsysError, match=r"training\.precision"):
         config_from_dict({"training": {"precision": "float16"}})
+
+
+def test_streamed_training_rows_make_no_tensor_off_the_model_device(rows, tmp_path) -> None:
+    """Rows read from Parquet shards buffer by buffer (a split too large for memory):
+    the buffers' order, shuffle and carried rows stay on the host, batches move."""
+    base, features, train, _ = rows
+    save_features(features, tmp_path, shard_rows=400, row_group_rows=97)
+    shards = SplitShards(tmp_path / "train")
+    streamed = StreamedRows(shards, [(0, shards.rows)], base.tasks, features.transform, 150)
+    config = _configured(base, "mmoe", "static", "in_batch_static")
+    torch.manual_seed(0)
+    model = build_model(features.transform, config.model, config.tasks, train.label_means())
+    trainer = Trainer(
+        model, config.tasks, WEIGHTING["static"](config.tasks), config.training, seed=1
+    )
+    trainer._prepare()
+    with one_torch_thread(), torch.device("meta"):
+        metrics = trainer.train_epoch(streamed, 1)
+    assert metrics["train/samples_per_second"] * metrics["train/epoch_seconds"] == (
+        pytest.approx(shards.rows)
+    )
 
 
 def test_a_tensor_made_without_a_device_is_caught() -> None:

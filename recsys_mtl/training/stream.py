@@ -59,7 +59,8 @@ class StreamedRows:
     def buffers(self, generator: torch.Generator) -> list[list[tuple[int, int]]]:
         """This epoch's buffers: the blocks in a seeded random order, grouped into runs of
         at least `buffer_rows` rows (the last may be smaller)."""
-        order = torch.randperm(len(self.blocks), generator=generator).tolist()
+        order = torch.randperm(len(self.blocks), generator=generator, device=generator.device)
+        order = order.tolist()
         buffers: list[list[tuple[int, int]]] = [[]]
         rows = 0
         for position in order:
