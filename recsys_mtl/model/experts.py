@@ -41,9 +41,19 @@ class GateMeter:
         self.count.clear()
 
 
+def gate_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension (the few experts) of gate logits (..., E).
+
+    Computed with the experts as the leading, contiguous dimension: torch's CPU softmax
+    over a last dimension of 2-8 values is not vectorised and took 246 us forward and
+    backward for (1024, 3, 4) on 2 cores, against 54 us this way (same values)."""
+    leading = torch.softmax(logits.movedim(-1, 0).contiguous(), dim=0)
+    return leading.movedim(0, -1)
+
+
 def _mix(gate_logits: torch.Tensor, expert_outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Softmax gate (B, E) over expert outputs (B, E, H) -> mixed (B, H) and the weights."""
-    weights = torch.softmax(gate_logits, dim=-1)
+    weights = gate_softmax(gate_logits)
     return torch.einsum("be,beh->bh", weights, expert_outputs), weights
 
 
@@ -107,7 +117,7 @@ class MMoE(SideBlock):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         expert_outputs = self.experts(x)  # (B, E, H)
         n_groups, n_experts = len(self.groups), self.experts.n_experts
-        weights = torch.softmax(self.gates(x).view(-1, n_groups, n_experts), dim=-1)  # (B,G,E)
+        weights = gate_softmax(self.gates(x).view(-1, n_groups, n_experts))  # (B, G, E)
         mixed = torch.einsum("bge,beh->bgh", weights, expert_outputs)
         if self.training:
             for g in range(n_groups):
