@@ -136,7 +136,7 @@ class SideEncoder(nn.Module):
         it); in training, each other known id also becomes unknown with probability
         `id_dropout`."""
         if self.id_rows < self.spec.id_vocab_size:
-            ids = torch.where(ids >= self.id_rows, torch.full_like(ids, UNKNOWN), ids)
+            ids = ids.masked_fill(ids >= self.id_rows, UNKNOWN)
         if not self.training or self.id_dropout <= 0.0:
             return ids
         drop = (torch.rand(ids.shape, device=ids.device) < self.id_dropout) & (ids > UNKNOWN)

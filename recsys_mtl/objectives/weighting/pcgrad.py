@@ -50,12 +50,11 @@ class PCGradWeighting(Weighting):
         weighted = {n: self.task_weights[n] * loss for n, loss in losses.items()}
         grads = torch.stack(representation_gradients(weighted, shared))  # (T, P)
         n = len(weighted)
+        device = self.generator.device  # a host-side order, drawn where its generator is
         order = [
             [
                 j
-                for j in torch.randperm(
-                    n, generator=self.generator, device=self.generator.device
-                ).tolist()
+                for j in torch.randperm(n, generator=self.generator, device=device).tolist()
                 if j != t
             ]
             for t in range(n)
