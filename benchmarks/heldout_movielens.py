@@ -121,6 +121,8 @@ VARIANTS: dict[str, list[str]] = {
     "id_min_count_5": ["features.id_min_count=5"],
     "id_min_count_10": ["features.id_min_count=10"],
     "id_min_count_20": ["features.id_min_count=20"],
+    # a static popularity curve: the item's training clicks, one value for every row
+    "item_popularity": ["features.item_popularity=true"],
     # item-side history (the item's counts and rates as of the same snapshots)
     "item_history": ["features.item_history=true"],
     "item_history_static_click": [
@@ -164,6 +166,8 @@ DESCRIPTIONS = {
         f"fewer than {n} times share the unknown id row, keeping their side features)"
         for n in (5, 10, 20)
     },
+    "item_popularity": "shipped with features.item_popularity = true (the item's training "
+    "clicks, bucketed, as a static item feature)",
     "item_history": "shipped with features.item_history = true (the item's counts, rates "
     "and recency under the same freshness rule)",
     "item_history_static_click": "item_history with model.static_retrieval_items = true "

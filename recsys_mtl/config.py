@@ -198,6 +198,17 @@ class FeaturesSection:
         "User-side history is unaffected.",
         True,
     )
+    item_popularity: bool = _doc(
+        "Add the item-table feature `popularity`: the item's clicks in the training split, "
+        "bucketed at the training items' quantiles (declare [features.item.popularity] to "
+        "change the buckets). One value per item for training, validation, test and "
+        "serving (the count at the end of the training split), so it never moves with "
+        "time and a FAISS index built once stays valid; items without a training click "
+        "read the lowest bucket. Each training row's own click is in its item's count, so "
+        "the feature tells more in training than at serving: on MovieLens-100K it lowered "
+        "held-out validation AUCs (pipelines/movielens-100k.toml says by how much).",
+        False,
+    )
     recent_items: int = _doc(
         "The user's last N clicked items before each row, pooled in the model (0: off).", 10
     )

@@ -406,3 +406,38 @@ def test_side_features_encoded_into_feature_table(dataset: Dataset, features) ->
             == category_vocab.encode(pl.Series([row["category"]])).item()
         )
         assert table.numeric[index, 0] == pytest.approx((row["price"] - mean) / std, rel=1e-5)
+
+
+def test_item_popularity_is_each_items_training_clicks_bucketed(dataset: Dataset) -> None:
+    """`features.item_popularity`: one static item feature, the item's clicks in the
+    training split (never a validation or test click), bucketed at the quantiles of the
+    training items' counts; an item with no training click (NEW_ITEM, seen only in test)
+    reads the lowest bucket."""
+    features = build_features(dataset, _config(item_popularity=True))
+    items = features.transform.items
+    names = [c.name for c in items.spec.table]
+    spec = items.spec.table[names.index("popularity")]
+    assert spec.kind == "bucket"
+    clicks = dict(features.train.filter(pl.col("click") == 1).group_by("item_id").len().iter_rows())
+    known = items.ids.values.to_list()
+    counts = np.array([clicks.get(item, 0) for item in known], dtype=np.float64)
+    assert counts.sum() == features.train["click"].sum() > 0
+    edges = np.unique(np.quantile(counts, np.linspace(0, 1, 11)[1:-1]))
+    assert spec.edges == pytest.approx(edges.tolist())
+    column = [c.name for c in items.spec.table if c.kind in ("categorical", "bucket")]
+    table = items.feature_table().categorical[:, column.index("popularity")]
+    expected = np.searchsorted(edges, counts, "right") + FIRST
+    assert table[FIRST:].tolist() == expected.tolist()
+    assert len(set(expected.tolist())) > 3  # the counts spread over several buckets
+    # a cold item's table features come from the saved raw table, as the recommender reads
+    cold_row = items.table.filter(pl.col("item_id") == NEW_ITEM)
+    assert cold_row["popularity"].to_list() == [0.0]
+    assert items.encode_table(cold_row).categorical[0, column.index("popularity")] == FIRST
+
+
+def test_item_popularity_refuses_an_item_table_that_has_the_column(dataset: Dataset) -> None:
+    items = dataset.items.with_columns(pl.lit(1.0).alias("popularity"))
+    clash = Dataset(dataset.impressions, dataset.users, items, positive_only=False, name="x")
+    with pytest.raises(RecsysError, match="item_popularity") as info:
+        build_features(clash, _config(item_popularity=True))
+    assert "rename" in str(info.value)

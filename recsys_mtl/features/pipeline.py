@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys_mtl.config import FeaturesSection, PipelineConfig, snapshot_seconds
+from recsys_mtl.config import FeatureDecl, FeaturesSection, PipelineConfig, snapshot_seconds
 from recsys_mtl.data.dataset import ORACLE_PREFIX, Dataset
 from recsys_mtl.errors import RecsysError
 from recsys_mtl.features.history import N_SPLITS, RECENT_ITEMS, HistoryTransform
@@ -161,8 +161,11 @@ def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
         raise RecsysError(
             "the split left no training rows", where=dataset.name, fix="lower the test fraction"
         )
+    item_table, item_decls = dataset.items, fc.item
+    if fc.item_popularity:
+        item_table, item_decls = with_item_popularity(item_table, train_rows, fc.item)
     users = SideTransform.fit("user_id", train_rows["user_id"], dataset.users, fc.user, fc)
-    items = SideTransform.fit("item_id", train_rows["item_id"], dataset.items, fc.item, fc)
+    items = SideTransform.fit("item_id", train_rows["item_id"], item_table, item_decls, fc)
     candidates = [
         c for c in impressions.columns if c not in RESERVED and not c.startswith(ORACLE_PREFIX)
     ]
@@ -237,6 +240,36 @@ def build_features(dataset: Dataset, config: PipelineConfig) -> FeatureSet:
         "tasks": {name: asdict(task) for name, task in config.tasks.items()},
     }
     return FeatureSet(splits, transform, spec)
+
+
+POPULARITY = "popularity"
+
+
+def with_item_popularity(
+    items: pl.DataFrame | None, train_rows: pl.DataFrame, declared: dict[str, FeatureDecl]
+) -> tuple[pl.DataFrame, dict[str, FeatureDecl]]:
+    """The item table with `popularity` (each item's clicks among `train_rows`, 0 for
+    none) and its declaration (quantile buckets by default)."""
+    if items is not None and POPULARITY in items.columns:
+        raise RecsysError(
+            f"features.item_popularity adds an item column '{POPULARITY}', and the item "
+            "table already has one",
+            where="features.item_popularity",
+            fix=f"rename the item table's '{POPULARITY}' column or turn item_popularity off",
+        )
+    clicks = (
+        train_rows.filter(pl.col("click") == 1)
+        .group_by("item_id")
+        .agg(pl.len().cast(pl.Float64).alias(POPULARITY))
+    )
+    # the item table's own rows (an item missing from it stays missing), or every
+    # training item where there is no table
+    rows = items if items is not None else train_rows.select("item_id").unique()
+    table = rows.join(clicks, on="item_id", how="left").with_columns(
+        pl.col(POPULARITY).fill_null(0.0)
+    )
+    decl = declared.get(POPULARITY) or FeatureDecl(kind="numeric", transform="quantile", buckets=10)
+    return table, {**declared, POPULARITY: decl}
 
 
 def _history_features(
