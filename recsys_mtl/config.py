@@ -371,6 +371,17 @@ class TrainingSection:
         "on CPU. `recsys-mtl train/run --device` overrides it.",
         "cpu",
     )
+    deduplicate_ids: bool = _doc(
+        "Training on the CPU: encode each distinct user (item) of a batch once, through "
+        "its embeddings and its side's sharing block, and share the result among the "
+        "batch's rows of that id. Only for a side without row features (history, "
+        "recency, context) and a model without dropout, where a row's encoding depends "
+        "on its id alone; not for batches whose task relations are measured or "
+        "weightings that read the shared representation's gradients (gradnorm, pcgrad), "
+        "which are per row. The same outputs and losses; the gradients are sums in "
+        "another order. Not used on a GPU (counting distinct ids waits for the device).",
+        True,
+    )
     precision: str = _doc(
         "Compute precision of the training step: 'float32', or 'bfloat16' (autocast: the "
         "matrix products of the towers, experts and heads in bfloat16, on CPUs with "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -49,6 +49,57 @@ def output_column(name: str, task: TaskConfig) -> str:
 def conditional_column(name: str, task: TaskConfig) -> str:
     """Column of a dependent task's conditional probability, e.g. p_purchase_given_click."""
     return f"p_{name}_given_{task.depends_on}"
+
+
+@dataclass
+class EncodedBatch:
+    """A batch's encoded sides. `users` (U, Du) and `items` (I, Di) hold one row per
+    distinct id when `user_index` / `item_index` (B,) say which of them each batch row
+    reads, one row per batch row when the index is None."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    user_index: torch.Tensor | None = None
+    item_index: torch.Tensor | None = None
+
+    def row_users(self) -> torch.Tensor:
+        """(B, Du): each batch row's encoded user."""
+        return self.users if self.user_index is None else self.users[self.user_index]
+
+    def row_items(self) -> torch.Tensor:
+        """(B, Di): each batch row's encoded item."""
+        return self.items if self.item_index is None else self.items[self.item_index]
+
+
+def _encode_distinct(
+    encoder: nn.Module, ids: torch.Tensor, rows: RowInputs | None, distinct: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encoded rows of `ids` (B,): with `distinct`, one per distinct id and each batch
+    row's position among them (None where every id is distinct anyway)."""
+    if distinct:
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        if unique.numel() < ids.numel():
+            return encoder(unique, None), inverse
+    return encoder(ids, rows), None
+
+
+def _gather_rows(
+    reprs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    user_index: torch.Tensor | None,
+    item_index: torch.Tensor | None,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-task (user, item) representations of distinct ids -> of the batch rows; a
+    tensor that several tasks share (hard sharing) is gathered once."""
+    gathered: dict[int, torch.Tensor] = {}
+
+    def rows(tensor: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        if index is None:
+            return tensor
+        if id(tensor) not in gathered:
+            gathered[id(tensor)] = tensor[index]
+        return gathered[id(tensor)]
+
+    return {name: (rows(u, user_index), rows(v, item_index)) for name, (u, v) in reprs.items()}
 
 
 class MultiTaskModel(nn.Module):
@@ -105,6 +156,42 @@ class MultiTaskModel(nn.Module):
         """The shared embeddings' output: users (B, Du) and items (B, Di)."""
         return self.user_encoder(user_idx, user_rows), self.item_encoder(item_idx, item_rows)
 
+    def distinct_sides(self) -> tuple[bool, bool]:
+        """Whether the user (item) side's encoding depends on the id alone, so that a
+        batch may encode each distinct id once: no row features, no random id dropout,
+        and (in training) no dropout anywhere in the model."""
+        dropout = self.training and any(
+            isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules()
+        )
+        sides = []
+        for encoder in (self.user_encoder, self.item_encoder):
+            parts = encoder.copies if isinstance(encoder, StackedEncoder) else [encoder]
+            if isinstance(encoder, WithStaticCopy):
+                inner = encoder.inner
+                parts = inner.copies if isinstance(inner, StackedEncoder) else [inner]
+            id_dropout = self.training and any(p.id_dropout > 0 for p in parts)
+            sides.append(not encoder.spec.rows and not id_dropout and not dropout)
+        return sides[0], sides[1]
+
+    def encode_batch(
+        self,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+        user_rows: RowInputs | None = None,
+        item_rows: RowInputs | None = None,
+        distinct: tuple[bool, bool] = (False, False),
+    ) -> EncodedBatch:
+        """The encoded sides of a batch; a side flagged in `distinct` (see
+        `distinct_sides`) is encoded once per distinct id."""
+        users, user_index = _encode_distinct(self.user_encoder, user_idx, user_rows, distinct[0])
+        items, item_index = _encode_distinct(self.item_encoder, item_idx, item_rows, distinct[1])
+        return EncodedBatch(users, items, user_index, item_index)
+
+    def forward_batch(self, batch: EncodedBatch) -> dict[str, torch.Tensor]:
+        """Raw task outputs (B,) of an encoded batch: the sharing block runs on the
+        distinct ids' rows, then each batch row reads its own."""
+        return self.forward_encoded(batch.users, batch.items, batch.user_index, batch.item_index)
+
     def _split_items(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(all heads' items, the retrievable head's items): the halves of a static-copy
         encoding, or the same tensor twice."""
@@ -113,12 +200,22 @@ class MultiTaskModel(nn.Module):
         width = self.item_encoder.out_dim
         return items[:, :width], items[:, width:]
 
-    def forward_encoded(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_encoded(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        user_index: torch.Tensor | None = None,
+        item_index: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Raw task outputs (B,) of encoded users and items; with an index, `users`
+        (`items`) are distinct ids' rows and the index says which one each row reads."""
         items, retrieval_items = self._split_items(items)
         reprs = self.sharing(users, items)
         if retrieval_items is not items:
             task = self.retrieval_task
             reprs[task] = (reprs[task][0], self.sharing.item_repr(retrieval_items, task))
+        if user_index is not None or item_index is not None:
+            reprs = _gather_rows(reprs, user_index, item_index)
         outputs = {}
         for name in self.order:
             user, item = reprs[name]

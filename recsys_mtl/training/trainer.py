@@ -190,6 +190,8 @@ class Trainer:
         self.ranking_probe = ranking_probe
         self.average: ParameterAverage | None = None
         self.step = 0
+        # sides encoded once per distinct id in training batches (set each epoch)
+        self._distinct: tuple[bool, bool] = (False, False)
         self.reference: dict[str, float] | None = None
         self.smoothed: dict[str, float] = {}
         self.steps: list[dict[str, float]] = []
@@ -207,6 +209,7 @@ class Trainer:
         rank's rows and the returned losses and relations are means over ranks."""
         self.model.train()
         self.model.sharing.reset_gate_utilisation()
+        self._distinct = self._distinct_sides()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         n_tasks = len(self.tasks)
         sums = torch.zeros(n_tasks + 2, device=self.device)  # tasks, penalty, retrieval
@@ -305,10 +308,26 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
+    def _distinct_sides(self) -> tuple[bool, bool]:
+        """Which sides a training batch encodes once per distinct id
+        (`training.deduplicate_ids`)."""
+        if (
+            not self.cfg.deduplicate_ids
+            or self.device.type != "cpu"
+            or self.weighting.reads_shared_gradients
+        ):
+            return False, False
+        return self.model.distinct_sides()
+
     def _weighted_losses(self, batch: TensorData, measure_relation: bool) -> StepOutput:
-        users, items = self.model.encode(batch.users, batch.items, batch.user_rows, batch.item_rows)
+        # task relations are cosines of per-row gradients: those batches stay per row
+        distinct = (False, False) if measure_relation else self._distinct
+        encoded = self.model.encode_batch(
+            batch.users, batch.items, batch.user_rows, batch.item_rows, distinct
+        )
+        users, items = encoded.users, encoded.items
         # the losses in float32 whatever the products ran in
-        outputs = {k: v.float() for k, v in self.model.forward_encoded(users, items).items()}
+        outputs = {k: v.float() for k, v in self.model.forward_batch(encoded).items()}
         log_p = self.model.log_probabilities(outputs)
         losses = task_losses(outputs, log_p, batch.labels, self.tasks)
         relation = task_gradient_cosines(losses, (users, items)) if measure_relation else None
@@ -318,7 +337,7 @@ class Trainer:
             total = total + penalty
         retrieval = None
         if self.cfg.retrieval_loss_weight:
-            retrieval = self._retrieval_loss(batch, users, items)
+            retrieval = self._retrieval_loss(batch, encoded.row_users(), encoded.row_items())
             total = total + self.cfg.retrieval_loss_weight * retrieval
         return StepOutput(total, losses, weights, relation, penalty, retrieval)
 

@@ -28,6 +28,9 @@ class Weighting:
     #: "task" (each task's configured weight), "sum_to_tasks" (sum = number of tasks),
     #: "sum_to_one", or "none".
     normalisation = "none"
+    #: Whether `__call__` differentiates through `shared` per row (the trainer then keeps
+    #: one encoded row per batch row: no `training.deduplicate_ids`).
+    reads_shared_gradients = False
 
     def __init__(
         self, tasks: dict[str, TaskConfig], options: ObjectivesSection | None = None

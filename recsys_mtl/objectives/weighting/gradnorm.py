@@ -30,6 +30,7 @@ from recsys_mtl.objectives.weighting.base import (
 
 class GradNormWeighting(Weighting):
     normalisation = "sum_to_tasks"
+    reads_shared_gradients = True
 
     def __init__(
         self, tasks: dict[str, TaskConfig], options: ObjectivesSection | None = None

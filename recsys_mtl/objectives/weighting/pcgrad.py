@@ -39,6 +39,7 @@ def project_conflicting(grads: torch.Tensor, order: list[list[int]]) -> torch.Te
 
 class PCGradWeighting(Weighting):
     normalisation = "task"
+    reads_shared_gradients = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

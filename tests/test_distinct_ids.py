@@ -1,0 +1,167 @@
+"""`training.deduplicate_ids`: a batch encodes each distinct id of a side once.
+
+Where a side's encoding depends on the id alone (no row features, no dropout), the
+model's outputs, the losses and one training epoch must be what they are with one
+encoded row per batch row; where it does not, the model must say so."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from planted import one_torch_thread
+
+from recsys_mtl.config import ModelSection, PipelineConfig, TrainingSection, config_from_dict
+from recsys_mtl.data.synthetic import generate_synthetic
+from recsys_mtl.features.pipeline import FeatureSet, build_features
+from recsys_mtl.model.multitask import MultiTaskModel, build_model
+from recsys_mtl.objectives.losses import task_losses
+from recsys_mtl.objectives.weighting import WEIGHTING
+from recsys_mtl.training.tensors import TensorData
+from recsys_mtl.training.trainer import Trainer
+
+STATIC_FEATURES = {"history": False, "recent_items": 0, "recent_ratings": 0, "time": []}
+MODEL = ModelSection(
+    sharing="mmoe", embedding_dim=8, hidden_dims=[16], output_dim=6, head_hidden_dim=8
+)
+
+
+def _features(**features: object) -> tuple[PipelineConfig, FeatureSet]:
+    config = config_from_dict(
+        {
+            "pipeline": {"seed": 11},
+            "source": {"synthetic": {"n_users": 40, "n_items": 25, "impressions_per_user": 20}},
+            "features": features,
+            "tracking": {"enabled": False},
+        }
+    )
+    data = generate_synthetic(config.source.synthetic, config.pipeline.seed)
+    return config, build_features(data, config)
+
+
+@pytest.fixture(scope="module")
+def static() -> tuple[PipelineConfig, FeatureSet]:
+    """Side features only: both sides' encodings depend on the id alone."""
+    return _features(**STATIC_FEATURES)
+
+
+def _model(small: tuple[PipelineConfig, FeatureSet], cfg: ModelSection = MODEL) -> MultiTaskModel:
+    config, features = small
+    torch.manual_seed(0)
+    rows = TensorData.from_frame(features.train, config.tasks, features.transform)
+    return build_model(features.transform, cfg, config.tasks, rows.label_means())
+
+
+def _batch(small: tuple[PipelineConfig, FeatureSet], n: int = 300) -> TensorData:
+    config, features = small
+    rows = TensorData.from_frame(features.train, config.tasks, features.transform)
+    return rows.take(torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))[:n])
+
+
+def test_distinct_ids_give_the_same_outputs_and_gradients(static) -> None:
+    config, _ = static
+    model = _model(static).train()
+    batch = _batch(static)
+    assert model.distinct_sides() == (True, True)
+
+    def loss_and_grads(distinct: tuple[bool, bool]):
+        model.zero_grad()
+        encoded = model.encode_batch(
+            batch.users, batch.items, batch.user_rows, batch.item_rows, distinct
+        )
+        outputs = model.forward_batch(encoded)
+        losses = task_losses(outputs, model.log_probabilities(outputs), batch.labels, config.tasks)
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return encoded, outputs, grads
+
+    per_row, expected, expected_grads = loss_and_grads((False, False))
+    distinct, outputs, grads = loss_and_grads((True, True))
+    n_users, n_items = batch.users.unique().numel(), batch.items.unique().numel()
+    assert per_row.users.shape[0] == len(batch) and per_row.user_index is None
+    # each distinct id encoded once, and every batch row reads its own id's row
+    assert distinct.users.shape[0] == n_users < len(batch)
+    assert distinct.items.shape[0] == n_items < len(batch)
+    torch.testing.assert_close(distinct.row_users(), per_row.users, rtol=0, atol=0)
+    torch.testing.assert_close(distinct.row_items(), per_row.items, rtol=0, atol=0)
+    for name in expected:
+        torch.testing.assert_close(outputs[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected_grads.keys() and len(grads) > 10
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_an_epoch_trains_the_same_model_with_distinct_ids(static) -> None:
+    config, features = static
+    rows = TensorData.from_frame(features.train, config.tasks, features.transform)
+    states = []
+    for deduplicate in (False, True):
+        model = _model(static)
+        cfg = TrainingSection(
+            batch_size=256,
+            learning_rate=0.01,
+            progress=False,
+            relation_every=3,  # these batches stay per row
+            retrieval_loss_weight=0.3,  # reads the batch rows' encodings
+            deduplicate_ids=deduplicate,
+        )
+        trainer = Trainer(model, config.tasks, WEIGHTING["static"](config.tasks), cfg, seed=4)
+        with one_torch_thread():
+            metrics = trainer.train_epoch(rows, 1)
+        assert trainer._distinct == ((True, True) if deduplicate else (False, False))
+        states.append((model.state_dict(), metrics, trainer.relations[1]))
+    (before, metrics_before, relations_before), (after, metrics_after, relations_after) = states
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, rtol=1e-4, atol=1e-5)
+    for key in ("train/click_loss", "train/purchase_loss", "train/rating_loss"):
+        assert metrics_after[key] == pytest.approx(metrics_before[key], rel=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(relations_after), torch.tensor(relations_before), rtol=1e-3, atol=1e-4
+    )
+
+
+def test_sides_whose_encoding_is_not_the_id_alone_stay_per_row(static) -> None:
+    assert _model(static).eval().distinct_sides() == (True, True)
+    # dropout (per row) and random id dropout hold in training only
+    dropout = _model(static, dataclasses.replace(MODEL, dropout=0.1))
+    assert dropout.train().distinct_sides() == (False, False)
+    assert dropout.eval().distinct_sides() == (True, True)
+    id_dropout = _model(static, dataclasses.replace(MODEL, id_dropout=0.1))
+    assert id_dropout.train().distinct_sides() == (False, False)
+    # history and recency are row features: the user side (and recency's item side) vary
+    with_history = _features(**{**STATIC_FEATURES, "history": True, "item_history": False})
+    assert _model(with_history).train().distinct_sides() == (False, True)
+    with_recency = _features(**{**STATIC_FEATURES, "time": ["recency"]})
+    assert _model(with_recency).train().distinct_sides() == (False, False)
+
+
+@pytest.mark.parametrize("weighting", ["gradnorm", "pcgrad"])
+def test_weightings_that_read_per_row_gradients_keep_one_row_per_batch_row(
+    static, weighting: str
+) -> None:
+    config, _ = static
+    trainer = Trainer(
+        _model(static),
+        config.tasks,
+        WEIGHTING[weighting](config.tasks),
+        TrainingSection(progress=False),
+        seed=0,
+    )
+    assert trainer._distinct_sides() == (False, False)
+    static_trainer = Trainer(
+        _model(static),
+        config.tasks,
+        WEIGHTING["static"](config.tasks),
+        TrainingSection(progress=False),
+        seed=0,
+    )
+    assert static_trainer._distinct_sides() == (True, True)
+    off = Trainer(
+        _model(static),
+        config.tasks,
+        WEIGHTING["static"](config.tasks),
+        TrainingSection(progress=False, deduplicate_ids=False),
+        seed=0,
+    )
+    assert off._distinct_sides() == (False, False)
