@@ -59,9 +59,14 @@ def _batch(small: tuple[PipelineConfig, FeatureSet], n: int = 300) -> TensorData
     return rows.take(torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))[:n])
 
 
-def test_distinct_ids_give_the_same_outputs_and_gradients(static) -> None:
+SHARINGS = ["hard", "none", "soft_l2", "cross_stitch", "mmoe", "ple"]
+
+
+@pytest.mark.parametrize("sharing", SHARINGS)
+def test_distinct_ids_give_the_same_outputs_and_gradients(static, sharing: str) -> None:
     config, _ = static
-    model = _model(static).train()
+    cfg = dataclasses.replace(MODEL, sharing=sharing, static_retrieval_items=sharing == "hard")
+    model = _model(static, cfg).train()
     batch = _batch(static)
     assert model.distinct_sides() == (True, True)
 
@@ -92,12 +97,15 @@ def test_distinct_ids_give_the_same_outputs_and_gradients(static) -> None:
         torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6)
 
 
-def test_an_epoch_trains_the_same_model_with_distinct_ids(static) -> None:
+@pytest.mark.parametrize("sharing", ["mmoe", "ple"])
+def test_an_epoch_trains_the_same_model_with_distinct_ids(static, sharing: str) -> None:
+    """The same parameters, losses, task relations and gate utilisation (each batch
+    row counted once)."""
     config, features = static
     rows = TensorData.from_frame(features.train, config.tasks, features.transform)
     states = []
     for deduplicate in (False, True):
-        model = _model(static)
+        model = _model(static, dataclasses.replace(MODEL, sharing=sharing))
         cfg = TrainingSection(
             batch_size=256,
             learning_rate=0.01,
@@ -110,8 +118,9 @@ def test_an_epoch_trains_the_same_model_with_distinct_ids(static) -> None:
         with one_torch_thread():
             metrics = trainer.train_epoch(rows, 1)
         assert trainer._distinct == ((True, True) if deduplicate else (False, False))
-        states.append((model.state_dict(), metrics, trainer.relations[1]))
-    (before, metrics_before, relations_before), (after, metrics_after, relations_after) = states
+        states.append((model.state_dict(), metrics, trainer.relations[1], trainer.gates[1]))
+    (before, metrics_before, relations_before, gates_before) = states[0]
+    (after, metrics_after, relations_after, gates_after) = states[1]
     for name, value in before.items():
         torch.testing.assert_close(after[name], value, rtol=1e-4, atol=1e-5)
     for key in ("train/click_loss", "train/purchase_loss", "train/rating_loss"):
@@ -119,6 +128,15 @@ def test_an_epoch_trains_the_same_model_with_distinct_ids(static) -> None:
     torch.testing.assert_close(
         torch.tensor(relations_after), torch.tensor(relations_before), rtol=1e-3, atol=1e-4
     )
+    assert gates_after.keys() == gates_before.keys() and gates_before
+    for name, gate in gates_before.items():
+        assert gates_after[name]["rows"] == gate["rows"]
+        torch.testing.assert_close(
+            torch.tensor(gates_after[name]["matrix"]),
+            torch.tensor(gate["matrix"]),
+            atol=1e-5,
+            rtol=1e-4,
+        )
 
 
 def test_sides_whose_encoding_is_not_the_id_alone_stay_per_row(static) -> None:

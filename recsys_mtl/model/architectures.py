@@ -55,8 +55,25 @@ class Sharing(nn.Module):
                 fix="set model.hidden_dims, e.g. [64]",
             )
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> TaskReprs:
-        u, v = self.user_block(users), self.item_block(items)
+    def forward(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        user_index: torch.Tensor | None = None,
+        item_index: torch.Tensor | None = None,
+    ) -> TaskReprs:
+        """With an index, `users` (`items`) are distinct ids' rows and each batch row
+        reads row index[b] of every output (SideBlock.rows)."""
+        u = (
+            self.user_block(users)
+            if user_index is None
+            else self.user_block.rows(users, user_index)
+        )
+        v = (
+            self.item_block(items)
+            if item_index is None
+            else self.item_block.rows(items, item_index)
+        )
         return {name: (u[g], v[g]) for name, g in self.group_of.items()}
 
     def user_repr(self, users: torch.Tensor, task: str) -> torch.Tensor:

@@ -23,10 +23,15 @@ class GateMeter:
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.count: dict[str, int] = {}
+        # while a block encodes distinct ids (SideBlock.rows): the batch rows' positions
+        # among them, so that each batch row counts once
+        self.rows: torch.Tensor | None = None
 
     def add(self, gate: str, weights: torch.Tensor) -> None:
-        """weights (B, E)."""
+        """weights (B, E) (or (U, E) of distinct ids, while `rows` is set)."""
         with torch.no_grad():
+            if self.rows is not None:
+                weights = weights[self.rows]
             total = weights.detach().float().sum(0)
             self.sums[gate] = self.sums[gate] + total if gate in self.sums else total
             self.count[gate] = self.count.get(gate, 0) + weights.shape[0]
@@ -114,15 +119,29 @@ class MMoE(SideBlock):
         self.gates = nn.Linear(in_dim, len(groups) * cfg.experts)
         self.meter = GateMeter()
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _mixture(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) -> every group's mixture (B, G, H) and gate weights (B, G, E)."""
         expert_outputs = self.experts(x)  # (B, E, H)
         n_groups, n_experts = len(self.groups), self.experts.n_experts
         weights = gate_softmax(self.gates(x).view(-1, n_groups, n_experts))  # (B, G, E)
-        mixed = torch.einsum("bge,beh->bgh", weights, expert_outputs)
+        return torch.einsum("bge,beh->bgh", weights, expert_outputs), weights
+
+    def _count(self, weights: torch.Tensor) -> None:
         if self.training:
-            for g in range(n_groups):
+            for g in range(len(self.groups)):
                 self.meter.add(str(g), weights[:, g])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        mixed, weights = self._mixture(x)
+        self._count(weights)
         return list(mixed.unbind(1))
+
+    def rows(self, x: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
+        """As SideBlock.rows, gathering the groups' stacked mixture once."""
+        mixed, weights = self._mixture(x)
+        if self.training:
+            self._count(weights[index])
+        return list(mixed[index].unbind(1))
 
     def gate_utilisation(self) -> GateStats:
         """rows = task groups, columns = experts."""

@@ -83,25 +83,6 @@ def _encode_distinct(
     return encoder(ids, rows), None
 
 
-def _gather_rows(
-    reprs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    user_index: torch.Tensor | None,
-    item_index: torch.Tensor | None,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per-task (user, item) representations of distinct ids -> of the batch rows; a
-    tensor that several tasks share (hard sharing) is gathered once."""
-    gathered: dict[int, torch.Tensor] = {}
-
-    def rows(tensor: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        if index is None:
-            return tensor
-        if id(tensor) not in gathered:
-            gathered[id(tensor)] = tensor[index]
-        return gathered[id(tensor)]
-
-    return {name: (rows(u, user_index), rows(v, item_index)) for name, (u, v) in reprs.items()}
-
-
 class MultiTaskModel(nn.Module):
     """Shared user/item encoders feed a sharing block and per-task heads.
 
@@ -210,12 +191,11 @@ class MultiTaskModel(nn.Module):
         """Raw task outputs (B,) of encoded users and items; with an index, `users`
         (`items`) are distinct ids' rows and the index says which one each row reads."""
         items, retrieval_items = self._split_items(items)
-        reprs = self.sharing(users, items)
+        reprs = self.sharing(users, items, user_index, item_index)
         if retrieval_items is not items:
             task = self.retrieval_task
-            reprs[task] = (reprs[task][0], self.sharing.item_repr(retrieval_items, task))
-        if user_index is not None or item_index is not None:
-            reprs = _gather_rows(reprs, user_index, item_index)
+            static = self.sharing.item_repr(retrieval_items, task)
+            reprs[task] = (reprs[task][0], static if item_index is None else static[item_index])
         outputs = {}
         for name in self.order:
             user, item = reprs[name]

@@ -65,6 +65,24 @@ class SideBlock(nn.Module):
         """Output of one group (B, H); blocks override it when cheaper than all groups."""
         return self.forward(x)[group]
 
+    def rows(self, x: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
+        """`forward` of distinct rows `x` (U, D), read by the batch rows: each group's
+        output (B, H) holds row `index[b]` of `forward(x)`'s for batch row b. An output
+        that several groups share is gathered once; gate statistics count batch rows."""
+        meter = getattr(self, "meter", None)
+        if meter is not None:
+            meter.rows = index
+        try:
+            outputs = self.forward(x)
+        finally:
+            if meter is not None:
+                meter.rows = None
+        gathered: dict[int, torch.Tensor] = {}
+        for output in outputs:
+            if id(output) not in gathered:
+                gathered[id(output)] = output[index]
+        return [gathered[id(output)] for output in outputs]
+
     def penalty(self) -> torch.Tensor | None:
         """Extra loss term (soft parameter sharing), or None."""
         return None
