@@ -31,7 +31,7 @@ class GateMeter:
         """weights (B, E) (or (U, E) of distinct ids, while `rows` is set)."""
         with torch.no_grad():
             if self.rows is not None:
-                weights = weights[self.rows]
+                weights = weights.index_select(0, self.rows)
             total = weights.detach().float().sum(0)
             self.sums[gate] = self.sums[gate] + total if gate in self.sums else total
             self.count[gate] = self.count.get(gate, 0) + weights.shape[0]
@@ -140,8 +140,8 @@ class MMoE(SideBlock):
         """As SideBlock.rows, gathering the groups' stacked mixture once."""
         mixed, weights = self._mixture(x)
         if self.training:
-            self._count(weights[index])
-        return list(mixed[index].unbind(1))
+            self._count(weights.index_select(0, index))
+        return list(mixed.index_select(0, index).unbind(1))
 
     def gate_utilisation(self) -> GateStats:
         """rows = task groups, columns = experts."""

@@ -65,11 +65,15 @@ class EncodedBatch:
 
     def row_users(self) -> torch.Tensor:
         """(B, Du): each batch row's encoded user."""
-        return self.users if self.user_index is None else self.users[self.user_index]
+        return (
+            self.users if self.user_index is None else self.users.index_select(0, self.user_index)
+        )
 
     def row_items(self) -> torch.Tensor:
         """(B, Di): each batch row's encoded item."""
-        return self.items if self.item_index is None else self.items[self.item_index]
+        return (
+            self.items if self.item_index is None else self.items.index_select(0, self.item_index)
+        )
 
 
 #: Distinct-id rows are padded to a multiple of this many, so that a run's products
@@ -205,7 +209,10 @@ class MultiTaskModel(nn.Module):
         if retrieval_items is not items:
             task = self.retrieval_task
             static = self.sharing.item_repr(retrieval_items, task)
-            reprs[task] = (reprs[task][0], static if item_index is None else static[item_index])
+            reprs[task] = (
+                reprs[task][0],
+                static if item_index is None else static.index_select(0, item_index),
+            )
         outputs = {}
         for name in self.order:
             user, item = reprs[name]

@@ -68,7 +68,10 @@ class SideBlock(nn.Module):
     def rows(self, x: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
         """`forward` of distinct rows `x` (U, D), read by the batch rows: each group's
         output (B, H) holds row `index[b]` of `forward(x)`'s for batch row b. An output
-        that several groups share is gathered once; gate statistics count batch rows."""
+        that several groups share is gathered once; gate statistics count batch rows.
+        Gathers are `index_select`, whose backward (an index_add) took 96 us for a
+        (1024, 3, 64) gradient on 2 cores, against 755 us for `output[index]`'s
+        (an accumulating index_put)."""
         meter = getattr(self, "meter", None)
         if meter is not None:
             meter.rows = index
@@ -80,7 +83,7 @@ class SideBlock(nn.Module):
         gathered: dict[int, torch.Tensor] = {}
         for output in outputs:
             if id(output) not in gathered:
-                gathered[id(output)] = output[index]
+                gathered[id(output)] = output.index_select(0, index)
         return [gathered[id(output)] for output in outputs]
 
     def penalty(self) -> torch.Tensor | None:
