@@ -158,15 +158,14 @@ class MultiTaskModel(nn.Module):
         dropout = self.training and any(
             isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules()
         )
-        sides = []
-        for encoder in (self.user_encoder, self.item_encoder):
-            parts = encoder.copies if isinstance(encoder, StackedEncoder) else [encoder]
-            if isinstance(encoder, WithStaticCopy):
-                inner = encoder.inner
-                parts = inner.copies if isinstance(inner, StackedEncoder) else [inner]
-            id_dropout = self.training and any(p.id_dropout > 0 for p in parts)
-            sides.append(not encoder.spec.rows and not id_dropout and not dropout)
-        return sides[0], sides[1]
+
+        def by_id_alone(encoder: nn.Module) -> bool:
+            id_dropout = self.training and any(
+                isinstance(m, SideEncoder) and m.id_dropout > 0 for m in encoder.modules()
+            )
+            return not encoder.spec.rows and not id_dropout and not dropout
+
+        return by_id_alone(self.user_encoder), by_id_alone(self.item_encoder)
 
     def encode_batch(
         self,
