@@ -156,32 +156,19 @@ def test_sides_whose_encoding_is_not_the_id_alone_stay_per_row(static) -> None:
     assert _model(with_recency).train().distinct_sides() == (False, False)
 
 
-@pytest.mark.parametrize("weighting", ["gradnorm", "pcgrad"])
-def test_weightings_that_read_per_row_gradients_keep_one_row_per_batch_row(
-    static, weighting: str
+@pytest.mark.parametrize(
+    ("weighting", "deduplicate", "expected"),
+    [
+        ("static", True, (True, True)),
+        ("static", False, (False, False)),  # training.deduplicate_ids = false
+        ("gradnorm", True, (False, False)),  # both read per-row gradients
+        ("pcgrad", True, (False, False)),
+    ],
+)
+def test_the_trainer_deduplicates_only_where_the_weighting_and_settings_allow(
+    static, weighting: str, deduplicate: bool, expected: tuple[bool, bool]
 ) -> None:
     config, _ = static
-    trainer = Trainer(
-        _model(static),
-        config.tasks,
-        WEIGHTING[weighting](config.tasks),
-        TrainingSection(progress=False),
-        seed=0,
-    )
-    assert trainer._distinct_sides() == (False, False)
-    static_trainer = Trainer(
-        _model(static),
-        config.tasks,
-        WEIGHTING["static"](config.tasks),
-        TrainingSection(progress=False),
-        seed=0,
-    )
-    assert static_trainer._distinct_sides() == (True, True)
-    off = Trainer(
-        _model(static),
-        config.tasks,
-        WEIGHTING["static"](config.tasks),
-        TrainingSection(progress=False, deduplicate_ids=False),
-        seed=0,
-    )
-    assert off._distinct_sides() == (False, False)
+    cfg = TrainingSection(progress=False, deduplicate_ids=deduplicate)
+    trainer = Trainer(_model(static), config.tasks, WEIGHTING[weighting](config.tasks), cfg, 0)
+    assert trainer._distinct_sides() == expected
