@@ -99,10 +99,17 @@ def test_distinct_ids_give_the_same_outputs_and_gradients(static, sharing: str) 
         torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("sharing", ["mmoe", "ple"])
-def test_an_epoch_trains_the_same_model_with_distinct_ids(static, sharing: str) -> None:
+@pytest.mark.parametrize(
+    ("sharing", "sparse_rows"),
+    [("mmoe", 0), ("ple", 0), ("hard", 1)],
+    ids=["mmoe", "ple", "sparse"],
+)
+def test_an_epoch_trains_the_same_model_with_distinct_ids(
+    static, sharing: str, sparse_rows: int
+) -> None:
     """The same parameters, losses, task relations and gate utilisation (each batch
-    row counted once)."""
+    row counted once); also with sparse embedding gradients and the row-wise Adam
+    (`sparse_embedding_rows = 1`: every table)."""
     config, features = static
     rows = TensorData.from_frame(features.train, config.tasks, features.transform)
     states = []
@@ -115,8 +122,10 @@ def test_an_epoch_trains_the_same_model_with_distinct_ids(static, sharing: str) 
             relation_every=3,  # these batches stay per row
             retrieval_loss_weight=0.3,  # reads the batch rows' encodings
             deduplicate_ids=deduplicate,
+            sparse_embedding_rows=sparse_rows,
         )
         trainer = Trainer(model, config.tasks, WEIGHTING["static"](config.tasks), cfg, seed=4)
+        assert bool(trainer.sparse_tables) == bool(sparse_rows)
         with one_torch_thread():
             metrics = trainer.train_epoch(rows, 1)
         assert trainer._distinct == ((True, True) if deduplicate else (False, False))
@@ -130,7 +139,8 @@ def test_an_epoch_trains_the_same_model_with_distinct_ids(static, sharing: str) 
     torch.testing.assert_close(
         torch.tensor(relations_after), torch.tensor(relations_before), rtol=1e-3, atol=1e-4
     )
-    assert gates_after.keys() == gates_before.keys() and gates_before
+    assert gates_after.keys() == gates_before.keys()
+    assert bool(gates_before) == (sharing != "hard")
     for name, gate in gates_before.items():
         assert gates_after[name]["rows"] == gate["rows"]
         torch.testing.assert_close(
