@@ -365,6 +365,14 @@ class TrainingSection:
     )
     progress: bool = _doc("Show a progress bar per epoch.", True)
     threads: int = _doc("torch intra-op threads; 0 keeps torch's default.", 0)
+    retain_freed_memory: bool = _doc(
+        "On Linux with glibc: have the C allocator keep the memory a training step frees "
+        "for the next step instead of returning it to the kernel (a third of the page "
+        "faults and about 5 % faster first epochs at batch 1024 on 2 cores). "
+        "Process-wide: the "
+        "process then keeps its peak heap until it ends. No effect elsewhere.",
+        True,
+    )
     device: str = _doc(
         "Where training runs: 'cpu', 'cuda' (or 'cuda:N'), or 'auto' (cuda when torch "
         "sees a GPU). The bundle is saved for CPU; evaluation, the index and serving run "

@@ -59,7 +59,7 @@ def gate_softmax(logits: torch.Tensor) -> torch.Tensor:
 def _mix(gate_logits: torch.Tensor, expert_outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Softmax gate (B, E) over expert outputs (B, E, H) -> mixed (B, H) and the weights."""
     weights = gate_softmax(gate_logits)
-    return torch.einsum("be,beh->bh", weights, expert_outputs), weights
+    return torch.bmm(weights.unsqueeze(1), expert_outputs).squeeze(1), weights
 
 
 class ParallelExperts(nn.Module):
@@ -124,7 +124,9 @@ class MMoE(SideBlock):
         expert_outputs = self.experts(x)  # (B, E, H)
         n_groups, n_experts = len(self.groups), self.experts.n_experts
         weights = gate_softmax(self.gates(x).view(-1, n_groups, n_experts))  # (B, G, E)
-        return torch.einsum("bge,beh->bgh", weights, expert_outputs), weights
+        # one batched (G, E) x (E, H) product per row; einsum's own reshapes around the
+        # same bmm cost 40 us a call forward and backward at (576, 3, 4) x (576, 4, 64)
+        return torch.bmm(weights, expert_outputs), weights
 
     def _count(self, weights: torch.Tensor) -> None:
         if self.training:

@@ -26,6 +26,7 @@ from recsys_mtl.model.multitask import MultiTaskModel
 from recsys_mtl.objectives.losses import in_batch_softmax_loss, task_losses
 from recsys_mtl.objectives.weighting import WeightingStrategy
 from recsys_mtl.tracking import NoopTracker, Tracker
+from recsys_mtl.training.allocator import retain_freed_memory
 from recsys_mtl.training.averaging import ParameterAverage
 from recsys_mtl.training.distributed import SINGLE, Distributed
 from recsys_mtl.training.optimizers import build_optimizers
@@ -512,9 +513,11 @@ class Trainer:
         return FitProgress(**state["progress"])
 
     def _prepare(self) -> None:
-        """Threads, float mode and the seed every training run starts from."""
+        """Threads, the allocator, float mode and the seed every training run starts from."""
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        if self.cfg.retain_freed_memory:
+            retain_freed_memory()
         # Weight decay drives rarely seen embedding rows towards zero; as subnormal floats
         # they made each epoch several times slower than the last (measured on ML-100K).
         torch.set_flush_denormal(True)
