@@ -4,8 +4,8 @@ A training step allocates and frees the same few megabytes of tensors hundreds o
 an epoch. glibc's malloc gives memory above its trim threshold back to the kernel on
 each free and serves large blocks by fresh `mmap`s, so the next step faults the same
 pages in again: on this project's 2-core machine a fresh process's first epoch of batch
-1024 took 20-27k minor page faults (0.15-0.22 s of system time), about 8k with the
-settings below, and a few hundred in later epochs (BENCHMARKS.md, training speed).
+1024 took 8k-27k minor page faults (up to 0.2 s of system time), 7.4k-8k with the
+settings below, and was about 5 % faster with them (BENCHMARKS.md, training speed).
 
 `retain_freed_memory` raises the trim threshold (freed heap stays in the process for
 reuse) and the mmap threshold (blocks up to 32 MiB come from the heap). The process
