@@ -92,6 +92,11 @@ def test_distinct_ids_give_the_same_outputs_and_gradients(static, sharing: str) 
     assert distinct.user_index is not None and distinct.user_index.max() < n_users
     torch.testing.assert_close(distinct.row_users(), per_row.users, rtol=0, atol=0)
     torch.testing.assert_close(distinct.row_items(), per_row.items, rtol=0, atol=0)
+    # some batch rows (the retrieval loss reads the clicked ones), in the order asked
+    some = torch.tensor([5, 0, 17, 5, len(batch) - 1])
+    for encoded in (distinct, per_row):
+        torch.testing.assert_close(encoded.row_users(some), per_row.users[some], rtol=0, atol=0)
+        torch.testing.assert_close(encoded.row_items(some), per_row.items[some], rtol=0, atol=0)
     for name in expected:
         torch.testing.assert_close(outputs[name], expected[name], rtol=1e-5, atol=1e-6)
     assert grads.keys() == expected_grads.keys() and len(grads) > 10

@@ -22,7 +22,7 @@ from recsys_mtl.evaluation.evaluate import (
     metric_is_better,
     pointwise_metrics,
 )
-from recsys_mtl.model.multitask import MultiTaskModel
+from recsys_mtl.model.multitask import EncodedBatch, MultiTaskModel
 from recsys_mtl.objectives.losses import in_batch_softmax_loss, task_losses
 from recsys_mtl.objectives.weighting import WeightingStrategy
 from recsys_mtl.tracking import NoopTracker, Tracker
@@ -338,7 +338,7 @@ class Trainer:
             total = total + penalty
         retrieval = None
         if self.cfg.retrieval_loss_weight:
-            retrieval = self._retrieval_loss(batch, encoded.row_users(), encoded.row_items())
+            retrieval = self._retrieval_loss(batch, encoded)
             total = total + self.cfg.retrieval_loss_weight * retrieval
         return StepOutput(total, losses, weights, relation, penalty, retrieval)
 
@@ -364,14 +364,13 @@ class Trainer:
             self.steps.append(record)
             self.tracker.log_metrics(dict(self.smoothed), step=self.step)
 
-    def _retrieval_loss(
-        self, batch: TensorData, users: torch.Tensor, items: torch.Tensor
-    ) -> torch.Tensor:
-        clicked = batch.labels[self.model.retrieval_task] == 1
+    def _retrieval_loss(self, batch: TensorData, encoded: EncodedBatch) -> torch.Tensor:
+        """The in-batch softmax loss over the batch's clicked rows."""
+        clicked = (batch.labels[self.model.retrieval_task] == 1).nonzero().squeeze(1)
         return in_batch_softmax_loss(
-            self.model.user_vectors(users[clicked]).float(),
-            self.model.item_vectors(items[clicked]).float(),
-            batch.items[clicked],
+            self.model.user_vectors(encoded.row_users(clicked)).float(),
+            self.model.item_vectors(encoded.row_items(clicked)).float(),
+            batch.items.index_select(0, clicked),
             self.item_log_frequency,
         )
 
