@@ -92,16 +92,39 @@ def test_distinct_ids_give_the_same_outputs_and_gradients(static, sharing: str) 
     assert distinct.user_index is not None and distinct.user_index.max() < n_users
     torch.testing.assert_close(distinct.row_users(), per_row.users, rtol=0, atol=0)
     torch.testing.assert_close(distinct.row_items(), per_row.items, rtol=0, atol=0)
-    # some batch rows (the retrieval loss reads the clicked ones), in the order asked
-    some = torch.tensor([5, 0, 17, 5, len(batch) - 1])
-    for encoded in (distinct, per_row):
-        torch.testing.assert_close(encoded.row_users(some), per_row.users[some], rtol=0, atol=0)
-        torch.testing.assert_close(encoded.row_items(some), per_row.items[some], rtol=0, atol=0)
     for name in expected:
         torch.testing.assert_close(outputs[name], expected[name], rtol=1e-5, atol=1e-6)
     assert grads.keys() == expected_grads.keys() and len(grads) > 10
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("static_items", [False, True], ids=["items", "static_items"])
+@pytest.mark.parametrize("distinct", [False, True], ids=["per_row", "distinct"])
+def test_the_retrieval_vectors_of_a_batch_are_those_the_index_is_built_from(
+    static, distinct: bool, static_items: bool
+) -> None:
+    """`forward_batch_and_vectors` (what the in-batch retrieval loss reads): the same
+    outputs as `forward_batch`, and per batch row the user and item vectors that
+    `user_vectors` / `item_vectors` export, whose inner product is the click logit."""
+    cfg = dataclasses.replace(MODEL, sharing="hard", static_retrieval_items=static_items)
+    model = _model(static, cfg).train()
+    batch = _batch(static)
+    encoded = model.encode_batch(
+        batch.users, batch.items, batch.user_rows, batch.item_rows, (distinct, distinct)
+    )
+    outputs, (users, items) = model.forward_batch_and_vectors(encoded)
+    expected = model.forward_batch(encoded)
+    assert outputs.keys() == expected.keys()
+    for name, output in expected.items():
+        torch.testing.assert_close(outputs[name], output, rtol=1e-6, atol=1e-6)
+    exported_users = model.user_vectors(encoded.row_users())
+    exported_items = model.item_vectors(encoded.row_items())
+    assert users.shape == exported_users.shape == (len(batch), MODEL.output_dim + 1)
+    torch.testing.assert_close(users, exported_users, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(items, exported_items, rtol=1e-6, atol=1e-6)
+    click = (users * items).sum(-1)
+    torch.testing.assert_close(click, outputs[model.retrieval_task], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(

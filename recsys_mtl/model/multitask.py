@@ -63,25 +63,17 @@ class EncodedBatch:
     user_index: torch.Tensor | None = None
     item_index: torch.Tensor | None = None
 
-    def row_users(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, Du): each batch row's encoded user; (R, Du) for batch rows `rows` (R,)."""
-        return _rows_of(self.users, self.user_index, rows)
+    def row_users(self) -> torch.Tensor:
+        """(B, Du): each batch row's encoded user."""
+        return (
+            self.users if self.user_index is None else self.users.index_select(0, self.user_index)
+        )
 
-    def row_items(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, Di): each batch row's encoded item; (R, Di) for batch rows `rows` (R,)."""
-        return _rows_of(self.items, self.item_index, rows)
-
-
-def _rows_of(
-    encoded: torch.Tensor, index: torch.Tensor | None, rows: torch.Tensor | None
-) -> torch.Tensor:
-    """Rows of one side's encoding read by batch rows `rows` (all when None), in one
-    `index_select` (not boolean-mask indexing: its backward on the CPU is an
-    accumulating index_put, 231 us a call for the shipped ML-100K model's clicked rows)."""
-    if index is not None:
-        index = index if rows is None else index.index_select(0, rows)
-        return encoded.index_select(0, index)
-    return encoded if rows is None else encoded.index_select(0, rows)
+    def row_items(self) -> torch.Tensor:
+        """(B, Di): each batch row's encoded item."""
+        return (
+            self.items if self.item_index is None else self.items.index_select(0, self.item_index)
+        )
 
 
 #: Distinct-id rows are padded to a multiple of this many, so that a run's products
@@ -194,6 +186,19 @@ class MultiTaskModel(nn.Module):
         distinct ids' rows, then each batch row reads its own."""
         return self.forward_encoded(batch.users, batch.items, batch.user_index, batch.item_index)
 
+    def forward_batch_and_vectors(
+        self, batch: EncodedBatch
+    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """`forward_batch`'s outputs and the retrievable head's user and item vectors of
+        every batch row, (B, D + 1) each, from the same representations: the click
+        output is their inner product. What the in-batch retrieval loss reads, without
+        running the towers a second time for the clicked rows."""
+        vectors: list[tuple[torch.Tensor, torch.Tensor]] = []
+        outputs = self.forward_encoded(
+            batch.users, batch.items, batch.user_index, batch.item_index, vectors
+        )
+        return outputs, vectors[0]
+
     def _split_items(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(all heads' items, the retrievable head's items): the halves of a static-copy
         encoding, or the same tensor twice."""
@@ -208,9 +213,12 @@ class MultiTaskModel(nn.Module):
         items: torch.Tensor,
         user_index: torch.Tensor | None = None,
         item_index: torch.Tensor | None = None,
+        retrieval_vectors: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Raw task outputs (B,) of encoded users and items; with an index, `users`
-        (`items`) are distinct ids' rows and the index says which one each row reads."""
+        (`items`) are distinct ids' rows and the index says which one each row reads.
+        Given a `retrieval_vectors` list, the retrievable head's (user, item) vectors
+        (B, D + 1) are appended to it."""
         items, retrieval_items = self._split_items(items)
         reprs = self.sharing(users, items, user_index, item_index)
         if retrieval_items is not items:
@@ -227,7 +235,13 @@ class MultiTaskModel(nn.Module):
             if source:
                 user = torch.cat([user, reprs[source][0]], dim=-1)
                 item = torch.cat([item, reprs[source][1]], dim=-1)
-            outputs[name] = self.heads[name](user, item)
+            head = self.heads[name]
+            if retrieval_vectors is not None and name == self.retrieval_task:
+                pair = head.user_vector(user), head.item_vector(item)
+                retrieval_vectors.append(pair)
+                outputs[name] = (pair[0] * pair[1]).sum(-1)  # = DotHead.forward
+            else:
+                outputs[name] = head(user, item)
         return outputs
 
     def penalty(self) -> torch.Tensor | None:
