@@ -1,7 +1,8 @@
 """Where a training step's time goes, and the bound this machine sets for it.
 
 Trains our MMoE (or PLE) of benchmarks/peers_throughput.py on its ML-100K rows (run
-that once first: it writes data/benchmarks/peers) and reports:
+that once first: it writes data/benchmarks/peers), or with `--pipeline` the model a
+pipeline file trains, on that pipeline's own training rows, and reports:
 
 - samples/s of Trainer.train_epoch over the first `--batches` batches (after one
   warm-up pass over them);
@@ -15,8 +16,10 @@ that once first: it writes data/benchmarks/peers) and reports:
 
     .venv/bin/python benchmarks/profile_training.py --batch 1024
     .venv/bin/python benchmarks/profile_training.py --batch 4096 --model ple
+    .venv/bin/python benchmarks/profile_training.py --pipeline pipelines/movielens-100k.toml
 
-Writes benchmarks/results/profile_training_<model>_<batch>.{json,md}. Run it alone.
+Writes benchmarks/results/profile_training_<model or pipeline>_<batch>.{json,md}. Run
+it alone.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import os
 import platform
 import time
+from pathlib import Path
 
 import torch
 from movielens_common import ROOT, reproduce_line, write_results
@@ -33,6 +37,11 @@ from peers_worker import ours_trainer
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from recsys_mtl.config import load_config
+from recsys_mtl.model.multitask import build_model
+from recsys_mtl.pipeline import _trainer as pipeline_trainer
+from recsys_mtl.pipeline import features_stage, retrieval_task_name
+from recsys_mtl.training.inputs import training_input
 from recsys_mtl.training.tensors import TensorData
 from recsys_mtl.training.trainer import Trainer
 
@@ -43,6 +52,25 @@ def _trainer(model_name: str, batch: int, precision: str = "float32") -> tuple[T
     meta = json.loads((DATA / "meta.json").read_text())
     trainer, _, _, rows = ours_trainer(meta, model_name, batch, precision=precision)
     return trainer, rows
+
+
+def _pipeline_trainer(pipeline: Path, batch: int, precision: str) -> tuple[Trainer, TensorData]:
+    """The trainer `recsys-mtl train` builds for `pipeline` (weighting, retrieval loss
+    and its frequency correction, averaging, relations as the file says), on that
+    pipeline's own training rows (its features are built first), at the profile's batch
+    size and precision."""
+    overrides = ["tracking.enabled=false", "training.progress=false"]
+    overrides += [f"training.batch_size={batch}", f"training.precision='{precision}'"]
+    config = load_config(pipeline, overrides)
+    features = features_stage(config)
+    label = config.tasks[retrieval_task_name(config)].label
+    inputs = training_input(features, ["train"], config.tasks, config.training, label)
+    if not isinstance(inputs.rows, TensorData):
+        raise SystemExit(f"{pipeline}'s training rows are streamed; profile a smaller split")
+    model = build_model(features.transform, config.model, config.tasks, inputs.label_means)
+    trainer = pipeline_trainer(config, model, inputs, None, None)
+    trainer._prepare()
+    return trainer, inputs.rows
 
 
 def _matmul_rate(m: int, k: int, n: int, seconds: float = 1.0) -> float:
@@ -64,10 +92,18 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100, help="batches timed")
     parser.add_argument("--rows", type=int, default=25, help="operator rows shown")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--pipeline", type=Path, help="profile this pipeline file's model instead (--model unused)"
+    )
     args = parser.parse_args()
-    if not (DATA / "meta.json").is_file():
-        raise SystemExit("run benchmarks/peers_throughput.py first (it writes the rows)")
-    trainer, rows = _trainer(args.model, args.batch, args.precision)
+    if args.pipeline is not None:
+        trainer, rows = _pipeline_trainer(args.pipeline, args.batch, args.precision)
+        subject, source = args.pipeline.stem, f"{args.pipeline}'s training rows"
+    else:
+        if not (DATA / "meta.json").is_file():
+            raise SystemExit("run benchmarks/peers_throughput.py first (it writes the rows)")
+        trainer, rows = _trainer(args.model, args.batch, args.precision)
+        subject, source = args.model, "the peer benchmark's rows"
     # a seeded sample of the rows, not the first ones: those are sorted by user, and a
     # batch of them would hold a few dozen distinct users instead of a shuffled batch's
     # ~500 (at 1024), which made the deduplicated step look faster than an epoch's
@@ -119,7 +155,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch_threads": torch.get_num_threads(),
-        "model": args.model,
+        "model": subject,
         "batch_size": args.batch,
         "precision": args.precision,
         "samples_per_second": samples_per_second,
@@ -135,11 +171,11 @@ def main() -> None:
         "reproduce": reproduce_line("profile_training.py"),
     }
     lines = [
-        f"# Where the time goes: ours, {args.model}, batch {args.batch}, {args.precision}",
+        f"# Where the time goes: ours, {subject}, batch {args.batch}, {args.precision}",
         "",
         f"Machine: {result['machine']}, torch threads {result['torch_threads']}. "
         f"{samples_per_second:,.0f} samples/s ({result['step_ms']:.2f} ms a step) over "
-        f"{n_batches} batches of the peer benchmark's rows.",
+        f"{n_batches} batches of {source}.",
         "",
         f"- {flops_per_sample / 1e3:,.0f} kFLOP a training sample (forward and backward); "
         f"this machine's {m}x{k} @ {k}x{n} product runs at {rate / 1e9:,.1f} GFLOP/s, so a "
@@ -158,7 +194,7 @@ def main() -> None:
         )
     lines += ["", result["reproduce"]]
     suffix = "" if args.precision == "float32" else f"_{args.precision}"
-    name = f"profile_training_{args.model}_{args.batch}{suffix}"
+    name = f"profile_training_{subject}_{args.batch}{suffix}"
     write_results(name, result, "\n".join(lines))
 
 
