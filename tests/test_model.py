@@ -405,3 +405,32 @@ def test_rarely_seen_ids_share_the_unknown_row_and_keep_their_side_features() ->
 def test_id_min_count_must_be_positive() -> None:
     with pytest.raises(RecsysError, match=r"features\.id_min_count"):
         config_from_dict({"features": {"id_min_count": 0}})
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_list_features_pool_as_a_padded_embedding_would(sparse: bool) -> None:
+    """The list lookup (`index_select` on dense tables) gives the pooled values and the
+    gradients of `nn.Embedding(padding_idx=0)`: the padding row reads as zero and gets no
+    gradient, repeated tokens add up."""
+    from recsys_mtl.model.embeddings import _list_rows
+
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(12, 4, padding_idx=0, sparse=sparse)
+    tokens = torch.tensor([[3, 5, 0, 0], [0, 0, 0, 0], [7, 7, 2, 0]])
+    mask = (tokens > 0).unsqueeze(-1).float()
+    upstream = torch.randn(3, 4)
+
+    def pooled_and_grad(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        table.weight.grad = None
+        pooled = (rows * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        pooled.backward(upstream)
+        grad = table.weight.grad
+        return pooled.detach(), grad.to_dense() if grad.is_sparse else grad
+
+    expected, expected_grad = pooled_and_grad(table(tokens))
+    pooled, grad = pooled_and_grad(_list_rows(table, tokens))
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-7)
+    assert torch.count_nonzero(grad[0]) == 0
+    assert torch.count_nonzero(pooled[1]) == 0  # an empty list pools to zeros
+    torch.testing.assert_close(grad[7], 2 * upstream[2] / 3)  # token 7 twice in row 2
