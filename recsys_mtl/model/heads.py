@@ -17,7 +17,15 @@ class DotHead(nn.Module):
         self.item_bias = nn.Linear(in_dim, 1)
 
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        return (self.user_vector(user) * self.item_vector(item)).sum(-1)
+        return self.logit_and_vectors(user, item)[0]
+
+    def logit_and_vectors(
+        self, user: torch.Tensor, item: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The logit (B,) and the exported vectors it is the inner product of, (B, D + 1)
+        each (what the in-batch retrieval loss reads)."""
+        vectors = self.user_vector(user), self.item_vector(item)
+        return (vectors[0] * vectors[1]).sum(-1), vectors
 
     def user_vector(self, user: torch.Tensor) -> torch.Tensor:
         """(B, H) -> (B, D + 1)."""

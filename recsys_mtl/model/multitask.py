@@ -193,11 +193,11 @@ class MultiTaskModel(nn.Module):
         every batch row, (B, D + 1) each, from the same representations: the click
         output is their inner product. What the in-batch retrieval loss reads, without
         running the towers a second time for the clicked rows."""
-        vectors: list[tuple[torch.Tensor, torch.Tensor]] = []
-        outputs = self.forward_encoded(
-            batch.users, batch.items, batch.user_index, batch.item_index, vectors
+        outputs, vectors = self._outputs(
+            batch.users, batch.items, batch.user_index, batch.item_index, with_vectors=True
         )
-        return outputs, vectors[0]
+        assert vectors is not None
+        return outputs, vectors
 
     def _split_items(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(all heads' items, the retrievable head's items): the halves of a static-copy
@@ -213,12 +213,20 @@ class MultiTaskModel(nn.Module):
         items: torch.Tensor,
         user_index: torch.Tensor | None = None,
         item_index: torch.Tensor | None = None,
-        retrieval_vectors: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Raw task outputs (B,) of encoded users and items; with an index, `users`
-        (`items`) are distinct ids' rows and the index says which one each row reads.
-        Given a `retrieval_vectors` list, the retrievable head's (user, item) vectors
-        (B, D + 1) are appended to it."""
+        (`items`) are distinct ids' rows and the index says which one each row reads."""
+        return self._outputs(users, items, user_index, item_index)[0]
+
+    def _outputs(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        user_index: torch.Tensor | None,
+        item_index: torch.Tensor | None,
+        with_vectors: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+        """`forward_encoded`'s outputs and, `with_vectors`, the retrievable head's."""
         items, retrieval_items = self._split_items(items)
         reprs = self.sharing(users, items, user_index, item_index)
         if retrieval_items is not items:
@@ -228,21 +236,18 @@ class MultiTaskModel(nn.Module):
                 reprs[task][0],
                 static if item_index is None else static.index_select(0, item_index),
             )
-        outputs = {}
+        outputs, vectors = {}, None
         for name in self.order:
             user, item = reprs[name]
             source = self.tasks[name].input_from
             if source:
                 user = torch.cat([user, reprs[source][0]], dim=-1)
                 item = torch.cat([item, reprs[source][1]], dim=-1)
-            head = self.heads[name]
-            if retrieval_vectors is not None and name == self.retrieval_task:
-                pair = head.user_vector(user), head.item_vector(item)
-                retrieval_vectors.append(pair)
-                outputs[name] = (pair[0] * pair[1]).sum(-1)  # = DotHead.forward
+            if with_vectors and name == self.retrieval_task:
+                outputs[name], vectors = self.heads[name].logit_and_vectors(user, item)
             else:
-                outputs[name] = head(user, item)
-        return outputs
+                outputs[name] = self.heads[name](user, item)
+        return outputs, vectors
 
     def penalty(self) -> torch.Tensor | None:
         """The sharing block's extra loss term (soft parameter sharing), or None."""
